@@ -1,0 +1,145 @@
+"""``python -m study.lottery``: does a well-tuned learning rate remove the winning ticket's advantage?
+
+One Optuna learning-rate search per retraining regime, run as Ray Tune trials; every trial is an
+MLflow child run of the study's parent run and a row of ``results/trials.parquet``; the summary
+compares each regime at its own best learning rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from study.options import StudyOptions, config_hash, parse, search_config
+from study.runtime import quiet_ray_env
+
+
+def trial_params(opts: StudyOptions) -> dict[str, object]:
+    """Params every child run carries (the pipeline settings that vary between studies)."""
+    d = opts.pipeline.as_dict()
+    d.pop("data_dir")
+    return {k: ("" if v is None else v) for k, v in d.items()}
+
+
+def write_study_json(opts: StudyOptions, study_hash: str) -> None:
+    import ray
+    import torch
+    info = {"name": opts.args.name, "study_hash": study_hash, "config": search_config(opts),
+            "command": [sys.executable, "-m", "study.lottery", *sys.argv[1:]],
+            "execution": {k: getattr(opts.args, k) for k in ("address", "num_cpus", "cpus_per_trial",
+                                                             "gpus_per_trial", "max_concurrent", "max_failures",
+                                                             "mlflow_uri", "data_dir")},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+            "created_at": time.time()}
+    (opts.study_dir / "study.json").write_text(json.dumps(info, indent=1, default=str))
+
+
+def max_concurrent(opts: StudyOptions, resources: dict[str, float]) -> int:
+    a = opts.args
+    if a.max_concurrent:
+        return a.max_concurrent
+    n = int(resources.get("CPU", 1) // a.cpus_per_trial)
+    if a.gpus_per_trial > 0:
+        n = min(n, int(resources.get("GPU", 0) // a.gpus_per_trial))
+    return max(1, n)
+
+
+def run_regime(opts: StudyOptions, regime: str, ctx, callback, concurrency: int) -> None:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces.lottery import define_by_run
+    from trainables.trainable import lottery_trainable
+
+    a = opts.args
+    searcher = OptunaSearch(
+        space=define_by_run(opts.lr_space, {"regime": regime, "seed": a.seed, "phase": "search"}),
+        metric="val_acc", mode="max",
+        sampler=optuna.samplers.TPESampler(seed=a.seed, n_startup_trials=a.startup_trials),
+        study_name=optuna_study_name(a.name, regime),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{opts.study_dir / 'optuna.db'}"))
+    resources = {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(lottery_trainable, ctx=ctx), resources),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=a.num_samples, max_concurrent_trials=concurrency,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=regime, storage_path=str(opts.study_dir / "ray"), callbacks=[callback],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=a.max_failures), verbose=0))
+    tuner.fit()
+
+
+def optuna_study_name(study: str, regime: str) -> str:
+    return f"{study}.{regime}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse(argv)  # every flag checked; nothing written yet
+    a = opts.args
+    t0 = time.time()
+    quiet_ray_env()
+    study_dir = opts.study_dir
+    study_hash = config_hash(opts)
+    study_dir.mkdir(parents=True)
+    write_study_json(opts, study_hash)
+    print(f"Study {a.name}: regimes {', '.join(opts.regimes)}, {a.num_samples} trials each, "
+          f"LR {a.lr_min:g}..{a.lr_max:g}" + (f" on {a.lr_grid} points per decade" if a.lr_grid else " (continuous)")
+          + f"\nfolder {study_dir}", flush=True)
+
+    from trainables.data import load_splits
+    load_splits(a.dataset, a.data_dir, a.data_seed, a.val_fraction, a.data_seed)  # generate/cache once, here
+
+    from analysis.summary import best_per_regime, format_summary, read_tables
+    from analysis.tables import write_tables
+    from study.callbacks import Progress, StudyCallback
+    from study.runtime import start_ray
+    from study.tracking import MlflowTracker
+    from trainables.trainable import TrialContext
+
+    uri = a.mlflow_uri or f"sqlite:///{study_dir / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, a.name, study_dir / "mlartifacts")
+    tracker.start_parent(a.name, {**search_config(opts), "study_hash": study_hash})
+    print(f"MLflow: {uri} (experiment {a.name})", flush=True)
+
+    import ray
+    resources = start_ray(a.address, a.num_cpus)
+    concurrency = max_concurrent(opts, resources)
+    print(f"Ray: {'joined ' + a.address if a.address else 'local runtime'} with {resources.get('CPU', 0):g} CPUs, "
+          f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once", flush=True)
+    ctx = TrialContext(a.name, str(study_dir), opts.pipeline, a.cpus_per_trial, a.gpus_per_trial)
+    progress = Progress(opts.regimes, a.num_samples)
+    status = "FAILED"
+    try:
+        for regime in opts.regimes:
+            print(f"--- {regime}: {a.num_samples} trials", flush=True)
+            cb = StudyCallback(a.name, study_dir, study_hash, tracker, progress, trial_params(opts),
+                               optuna_study_name(a.name, regime))
+            run_regime(opts, regime, ctx, cb, concurrency)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: the tables hold the trials finished so far", file=sys.stderr)
+    finally:
+        ray.shutdown()
+        write_tables(study_dir)
+        trials, epochs = read_tables(study_dir)
+        summary = format_summary(trials, epochs, time.time() - t0)
+        (study_dir / "summary.txt").write_text(summary + "\n")
+        best = best_per_regime(trials)
+        metrics = {f"{r['regime']}/{k}": float(r[k]) for _, r in best.iterrows()
+                   for k in ("best_lr", "best_val_acc", "test_acc") if not math.isnan(r[k])}
+        tracker.finish_parent(metrics, [study_dir / "summary.txt", study_dir / "study.json",
+                                        study_dir / "results" / "trials.parquet",
+                                        study_dir / "results" / "epochs.parquet"], status)
+    print(summary)
+    print(f"\nResults: {study_dir / 'results'}  |  MLflow UI: mlflow ui --backend-store-uri {uri}")
+    return 0 if status == "FINISHED" else 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Command-line options of the lottery study, checked before anything is written.
+
+A bad value ends the program with one line that names the flag and what it allows, exit status 2,
+and no study folder created.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+from trainables.data import DATASETS
+from trainables.models import MODELS
+from trainables.pipeline import PipelineConfig
+from trainables.pruning import SCOPES
+from trainables.regimes import DEFAULT_REGIMES, REGIMES
+from trainables.training import SCHEDULES
+from search_spaces.lottery import LrSpace
+
+PROG = "python -m study.lottery"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but errors are one line (flag + what is allowed) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class BadFlag(Exception):
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag} {message}")
+
+
+def _check(ok: bool, flag: str, message: str) -> None:
+    if not ok:
+        raise BadFlag(flag, message)
+
+
+def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        return tuple(cast(t) for t in items)
+    return parse
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "prune-platform", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description=(
+        "The lottery study: tune the learning rate separately for each retraining regime "
+        "(winning ticket, random re-init, ...) of a magnitude-pruned network, with one Optuna "
+        "search per regime run as Ray Tune trials; every trial is logged to MLflow and Parquet."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = p.add_argument_group("search")
+    s.add_argument("--num-samples", type=int, default=64, help="trials per regime")
+    s.add_argument("--regimes", type=_csv(str), default=DEFAULT_REGIMES,
+                   help=f"comma-separated regimes, from: {', '.join(REGIMES)}")
+    s.add_argument("--lr-min", type=float, default=1e-3, help="lower end of the log-uniform LR range")
+    s.add_argument("--lr-max", type=float, default=1.0, help="upper end of the log-uniform LR range")
+    s.add_argument("--lr-grid", type=int, default=8, metavar="N",
+                   help="snap LRs to N points per decade so that trials share pretraining and IMP "
+                        "artifacts; 0 samples continuously")
+    s.add_argument("--startup-trials", type=int, default=10, help="random trials before TPE models (per regime)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of theta_0, data order, re-init draws (derived) and the TPE sampler")
+    d = p.add_argument_group("data and model")
+    d.add_argument("--dataset", default="mnist1d", help=f"one of: {', '.join(DATASETS)}")
+    d.add_argument("--data-dir", default=None, help=f"data cache folder (default {default_data_dir()})")
+    d.add_argument("--data-seed", type=int, default=42, help="seed of the generated data set")
+    d.add_argument("--val-fraction", type=float, default=0.2, help="share of the training set held out for validation")
+    d.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)}")
+    d.add_argument("--widths", type=_csv(int), default=None,
+                   help="comma-separated hidden widths (mlp: 300,100; conv1d: channels 32,32,32)")
+    t = p.add_argument_group("training (pretraining, IMP rounds and retraining alike)")
+    t.add_argument("--epochs", type=int, default=20, help="epochs of every training run")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--schedule", default="cosine", help=f"LR schedule, one of: {', '.join(SCHEDULES)} "
+                   "(step: /10 at 50%% and 75%% of training)")
+    t.add_argument("--warmup-epochs", type=int, default=0, help="linear LR warmup epochs")
+    t.add_argument("--lr-coupling", default="all", choices=None,
+                   help="all: the trial LR drives pretraining, IMP and retraining (as in the paper); "
+                        "retrain: pretraining and IMP use --pretrain-lr")
+    t.add_argument("--pretrain-lr", type=float, default=0.1, help="LR of pretraining and IMP with --lr-coupling retrain")
+    r = p.add_argument_group("pruning")
+    r.add_argument("--sparsity", type=float, default=0.8, help="target fraction of prunable weights removed, in (0, 1)")
+    r.add_argument("--rounds", type=int, default=5,
+                   help="IMP rounds, each removing the same fraction of the surviving weights; 1 = one-shot")
+    r.add_argument("--prune-scope", default="global", help=f"one of: {', '.join(SCOPES)}")
+    r.add_argument("--prune-layers", type=_csv(str), default=None,
+                   help="comma-separated layer names to prune (default: every Linear/Conv layer)")
+    r.add_argument("--rewind-epoch", type=int, default=1, help="k of late_rewind (theta_k)")
+    x = p.add_argument_group("execution and storage")
+    x.add_argument("--root", default="studies", help="folder that holds study folders")
+    x.add_argument("--name", default=None, help="study name (default: lottery-<config hash>)")
+    x.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to join (default: $RAY_ADDRESS, else a local runtime)")
+    x.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all)")
+    x.add_argument("--cpus-per-trial", type=float, default=1.0)
+    x.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
+    x.add_argument("--max-concurrent", type=int, default=0,
+                   help="trials at once per regime (0: as many as the CPUs and GPUs allow)")
+    x.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    x.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite in the study folder)")
+    return p
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    args: argparse.Namespace
+    pipeline: PipelineConfig
+    lr_space: LrSpace
+    regimes: tuple[str, ...]
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.args.root).resolve() / self.args.name
+
+
+def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
+    a = args
+    _check(a.num_samples >= 1, "--num-samples", f"must be a positive integer (got {a.num_samples})")
+    _check(len(a.regimes) >= 1 and all(r in REGIMES for r in a.regimes), "--regimes",
+           f"must be a comma-separated list from {', '.join(REGIMES)} (got {','.join(a.regimes) or 'nothing'})")
+    _check(len(set(a.regimes)) == len(a.regimes), "--regimes", "must not repeat a regime")
+    _check(a.lr_min > 0, "--lr-min", f"must be > 0 (got {a.lr_min:g})")
+    _check(a.lr_max > a.lr_min, "--lr-max", f"must be greater than --lr-min (got {a.lr_max:g} <= {a.lr_min:g})")
+    _check(a.lr_grid >= 0, "--lr-grid", f"must be 0 (continuous) or a positive number of points per decade (got {a.lr_grid})")
+    space = LrSpace(a.lr_min, a.lr_max, a.lr_grid)
+    try:
+        space.check()
+    except ValueError as e:
+        raise BadFlag("--lr-grid", f"is too coarse: {e}") from None
+    _check(a.startup_trials >= 1, "--startup-trials", f"must be >= 1 (got {a.startup_trials})")
+    _check(a.dataset in DATASETS, "--dataset", f"must be one of {', '.join(DATASETS)} (got {a.dataset!r})")
+    _check(0 < a.val_fraction < 1, "--val-fraction", f"must be in (0, 1) (got {a.val_fraction:g})")
+    _check(a.model in MODELS, "--model", f"must be one of {', '.join(MODELS)} (got {a.model!r})")
+    _check(a.widths is None or (len(a.widths) >= 1 and all(w >= 1 for w in a.widths)), "--widths",
+           "must be comma-separated positive integers")
+    _check(a.epochs >= 1, "--epochs", f"must be >= 1 (got {a.epochs})")
+    _check(a.batch_size >= 1, "--batch-size", f"must be >= 1 (got {a.batch_size})")
+    _check(0 <= a.momentum < 1, "--momentum", f"must be in [0, 1) (got {a.momentum:g})")
+    _check(a.weight_decay >= 0, "--weight-decay", f"must be >= 0 (got {a.weight_decay:g})")
+    _check(a.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)} (got {a.schedule!r})")
+    _check(0 <= a.warmup_epochs < a.epochs, "--warmup-epochs", f"must be in [0, --epochs) (got {a.warmup_epochs})")
+    _check(a.lr_coupling in ("all", "retrain"), "--lr-coupling", f"must be all or retrain (got {a.lr_coupling!r})")
+    _check(a.pretrain_lr > 0, "--pretrain-lr", f"must be > 0 (got {a.pretrain_lr:g})")
+    _check(0 < a.sparsity < 1, "--sparsity", f"must be in (0, 1) (got {a.sparsity:g})")
+    _check(a.rounds >= 1, "--rounds", f"must be >= 1 (got {a.rounds})")
+    _check(a.prune_scope in SCOPES, "--prune-scope", f"must be one of {', '.join(SCOPES)} (got {a.prune_scope!r})")
+    _check(0 <= a.rewind_epoch < a.epochs, "--rewind-epoch", f"must be in [0, --epochs) (got {a.rewind_epoch})")
+    _check(a.cpus_per_trial > 0, "--cpus-per-trial", f"must be > 0 (got {a.cpus_per_trial:g})")
+    _check(a.gpus_per_trial >= 0, "--gpus-per-trial", f"must be >= 0 (got {a.gpus_per_trial:g})")
+    _check(a.gpus_per_trial <= 1 or float(a.gpus_per_trial).is_integer(), "--gpus-per-trial",
+           f"must be a fraction in [0, 1] or a whole number (got {a.gpus_per_trial:g})")
+    _check(a.max_concurrent >= 0, "--max-concurrent", f"must be >= 0 (got {a.max_concurrent})")
+    _check(a.max_failures >= 0, "--max-failures", f"must be >= 0 (got {a.max_failures})")
+    _check(a.num_cpus is None or a.num_cpus >= 1, "--num-cpus", f"must be >= 1 (got {a.num_cpus})")
+    _check(a.num_cpus is None or a.cpus_per_trial <= a.num_cpus, "--cpus-per-trial",
+           f"must not exceed --num-cpus ({a.cpus_per_trial:g} > {a.num_cpus})")
+    _check(a.name is None or bool(NAME_RE.match(a.name)), "--name",
+           "must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")
+    root = Path(a.root)
+    _check(not root.exists() or root.is_dir(), "--root", f"must be a folder ({root} is a file)")
+    _check(a.mlflow_uri is None or "://" in a.mlflow_uri or a.mlflow_uri.startswith(("http", "databricks")),
+           "--mlflow-uri", f"must be a URI such as http://127.0.0.1:5000 or sqlite:////abs/mlflow.db (got {a.mlflow_uri!r})")
+    if a.data_dir is None:
+        a.data_dir = default_data_dir()
+    a.data_dir = str(Path(a.data_dir).expanduser().resolve())
+    pipe = PipelineConfig(
+        dataset=a.dataset, data_dir=a.data_dir, data_seed=a.data_seed, val_fraction=a.val_fraction,
+        model=a.model, widths=a.widths, epochs=a.epochs, batch_size=a.batch_size, momentum=a.momentum,
+        weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
+        target_sparsity=a.sparsity, rounds=a.rounds, prune_scope=a.prune_scope,
+        prune_layers=a.prune_layers, rewind_epoch=a.rewind_epoch, lr_coupling=a.lr_coupling,
+        pretrain_lr=a.pretrain_lr)
+    if a.prune_layers is not None:
+        _check_layers(pipe)
+    opts = StudyOptions(a, pipe, space, tuple(a.regimes))
+    if a.name is None:
+        a.name = f"lottery-{config_hash(opts)[:10]}"
+    _check(not opts.study_dir.exists(), "--name",
+           f"names an existing study folder ({opts.study_dir}); choose another --name or --root")
+    return opts
+
+
+def _check_layers(pipe: PipelineConfig) -> None:
+    from trainables.models import build_model, prunable_layers
+    entry = DATASETS[pipe.dataset]
+    known = prunable_layers(build_model(pipe.model, entry.input_shape, entry.num_classes, pipe.widths))
+    unknown = [n for n in pipe.prune_layers or () if n not in known]
+    _check(not unknown, "--prune-layers", f"must name layers of the model, from {', '.join(known)} (unknown: {', '.join(unknown)})")
+
+
+def search_config(opts: StudyOptions) -> dict[str, Any]:
+    """Every setting that changes the study's results (not where it runs or is stored)."""
+    a = opts.args
+    return {"pipeline": {k: v for k, v in opts.pipeline.as_dict().items() if k != "data_dir"},
+            "regimes": list(opts.regimes), "num_samples": a.num_samples, "lr_min": a.lr_min,
+            "lr_max": a.lr_max, "lr_grid": a.lr_grid, "startup_trials": a.startup_trials, "seed": a.seed}
+
+
+def config_hash(opts: StudyOptions) -> str:
+    from trainables.artifacts import spec_hash
+    return spec_hash(search_config(opts))
+
+
+def parse(argv: Sequence[str] | None = None) -> StudyOptions:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return validate(args, argv)
+    except BadFlag as e:
+        parser.error(str(e))

@@ -1,0 +1,30 @@
+"""Starting or joining Ray with light settings."""
+from __future__ import annotations
+
+import os
+
+LIGHT_OBJECT_STORE = 200 * 1024 * 1024
+
+
+def quiet_ray_env() -> None:
+    """Environment defaults set before Ray is imported (the user's own values win)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # a forced experiment snapshot per checkpoint is expected here (num_to_keep=1): no warning each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+
+
+def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> dict[str, float]:
+    """Join ``address`` or start a local runtime; return the cluster's resources."""
+    quiet_ray_env()
+    import logging
+
+    import ray
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+                 object_store_memory=LIGHT_OBJECT_STORE, log_to_driver=False, logging_level=logging.WARNING)
+    return ray.cluster_resources()

@@ -1,0 +1,110 @@
+"""MLflow layout of a study: one experiment, a parent run for the study, a child run per trial.
+
+Children carry the tag ``mlflow.parentRunId`` (MLflow's nesting) and the tags study, regime,
+phase and trial_id; a child is found again by its trial_id, so a resumed trial continues its run.
+All calls go through ``MlflowClient`` with an explicit tracking URI (never the working directory).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def _flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(f"{key}.", v))
+        else:
+            out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None):
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.parent_id: str | None = None
+
+    def find_run(self, **tags: str) -> str | None:
+        flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def start_parent(self, study: str, params: dict[str, Any]) -> str:
+        run_id = self.find_run(study=study, phase="study")
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=study,
+                                         tags={"study": study, "phase": "study"})
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in _flat("", params).items()])
+        self.parent_id = run_id
+        return run_id
+
+    def start_child(self, study: str, trial_id: str, regime: str, phase: str, params: dict[str, Any]) -> str:
+        run_id = self.find_run(trial_id=trial_id)
+        if run_id is not None:
+            return run_id
+        name = f"{regime} lr={params['lr']:.3g} seed={params['seed']}"
+        tags = {"mlflow.parentRunId": self.parent_id or "", "study": study, "regime": regime,
+                "phase": phase, "trial_id": trial_id}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat("", params).items()])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, int(step)) for k, v, step in metrics if v is not None]
+        for i in range(0, len(ms), BATCH):
+            self.client.log_batch(run_id, metrics=ms[i:i + BATCH])
+
+    def finish_child(self, run_id: str, record: dict[str, Any]) -> None:
+        """Per-epoch curves of every stage, the final metrics, artifact tags; then FINISHED."""
+        rows: list[tuple[str, float, int]] = []
+        for phase in record.get("phases", []):
+            for e in phase["history"]:
+                rows += [(f"{phase['name']}/{k}", e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc")]
+        for e in record.get("history", []):
+            rows += [(k, e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc", "lr")]
+        final = {"final_val_acc": record.get("val_acc"), "final_test_acc": record.get("test_acc"),
+                 "achieved_sparsity": record.get("achieved_sparsity"),
+                 "diverged": float(bool(record.get("diverged"))), "wall_seconds": record.get("wall_seconds")}
+        rows += [(k, v, 0) for k, v in final.items() if v is not None and not _isnan(v)]
+        self.log_metrics(run_id, rows)
+        tags = [RunTag(f"artifact.{k}", v) for k, v in record.get("artifacts", {}).items()]
+        tags += [RunTag("diverged", str(bool(record.get("diverged")))), RunTag("status", record.get("status", ""))]
+        params = [Param(k, str(v)) for k, v in record.get("seeds", {}).items()]
+        self.client.log_batch(run_id, params=params, tags=tags)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail_child(self, run_id: str, error: str) -> None:
+        self.client.set_tag(run_id, "error", error[:5000])
+        self.client.set_tag(run_id, "status", "error")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def finish_parent(self, metrics: dict[str, float], files: Iterable[Path], status: str = "FINISHED") -> None:
+        if self.parent_id is None:
+            return
+        self.log_metrics(self.parent_id, [(k, v, 0) for k, v in metrics.items() if not _isnan(v)])
+        for f in files:
+            if Path(f).exists():
+                self.client.log_artifact(self.parent_id, str(f))
+        self.client.set_terminated(self.parent_id, status)
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)

@@ -1,0 +1,184 @@
+"""The pipeline's stages as artifacts: theta_0, trained weights (to epoch k or E), IMP masks.
+
+Every stage is keyed by the fields that determine it (see ``trainables.artifacts``), so a
+winning-ticket trial and a random-re-init trial with the same LR and seed share one IMP run, and
+late rewinding reuses the pretraining's first k epochs only through its own, equally cached, run.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.artifacts import Artifact, ArtifactStore, save_tensors
+from trainables.data import Splits, load_splits
+from trainables.models import INIT_SCHEME, build_model, init_weights
+from trainables.pruning import full_masks, per_round_fraction, prune_round, sparsity
+from trainables.training import Trainer, TrainSpec
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Study-wide settings of the pipeline (the per-trial LR and seed are passed separately)."""
+
+    dataset: str = "mnist1d"
+    data_dir: str = ""
+    data_seed: int = 42
+    val_fraction: float = 0.2
+    model: str = "mlp"
+    widths: tuple[int, ...] | None = None
+    epochs: int = 20
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    target_sparsity: float = 0.8
+    rounds: int = 5
+    prune_scope: str = "global"
+    prune_layers: tuple[str, ...] | None = None
+    rewind_epoch: int = 1
+    lr_coupling: str = "all"  # "all": the trial LR drives pretraining, IMP and retraining; "retrain"
+    pretrain_lr: float = 0.1  # LR of pretraining and IMP rounds when lr_coupling == "retrain"
+
+    def data_spec(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "data_seed": self.data_seed, "val_fraction": self.val_fraction}
+
+    def model_spec(self) -> dict[str, Any]:
+        return {"model": self.model, "widths": list(self.widths) if self.widths else None,
+                "init": INIT_SCHEME, **self.data_spec()}
+
+    def train_spec(self, lr: float, seed: int) -> TrainSpec:
+        return TrainSpec(lr=lr, epochs=self.epochs, batch_size=self.batch_size, momentum=self.momentum,
+                         weight_decay=self.weight_decay, schedule=self.schedule,
+                         warmup_epochs=self.warmup_epochs, seed=seed)
+
+    def pretrain_lr_for(self, trial_lr: float) -> float:
+        return trial_lr if self.lr_coupling == "all" else self.pretrain_lr
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths) if self.widths else None
+        d["prune_layers"] = list(self.prune_layers) if self.prune_layers else None
+        return d
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A seed for ``purpose`` derived from the trial seed (recorded with the trial)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class Phase:
+    """A training phase that led to the trial's start point, for the epochs table."""
+
+    name: str
+    artifact: str
+    history: list[dict[str, Any]]
+    sparsity: float
+
+
+@dataclass
+class Pipeline:
+    cfg: PipelineConfig
+    store: ArtifactStore
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @functools.cached_property
+    def splits(self) -> Splits:
+        return load_splits(self.cfg.dataset, self.cfg.data_dir, self.cfg.data_seed,
+                           self.cfg.val_fraction, self.cfg.data_seed).to(self.device)
+
+    def new_model(self) -> nn.Module:
+        s = self.splits
+        return build_model(self.cfg.model, s.input_shape, s.num_classes, self.cfg.widths).to(self.device)
+
+    # -- stages --------------------------------------------------------------------------------
+    def init(self, seed: int) -> Artifact:
+        """theta_0 (or a random re-initialisation): a seeded draw from the model's initialiser."""
+        def compute(tmp):
+            model = init_weights(build_model(self.cfg.model, self.splits.input_shape,
+                                             self.splits.num_classes, self.cfg.widths), seed)
+            save_tensors(tmp, model.state_dict())
+            return {"seed": seed}
+        return self.store.get_or_create("init", {**self.cfg.model_spec(), "seed": seed}, compute)
+
+    def train(self, start: Artifact, mask: Artifact | None, spec: TrainSpec, stop_epoch: int) -> Artifact:
+        """Weights after ``stop_epoch`` epochs of ``spec``'s schedule from ``start`` under ``mask``."""
+        def compute(tmp):
+            model = self.new_model()
+            model.load_state_dict(start.tensors())
+            masks = mask.tensors() if mask is not None else None
+            history = Trainer(model, self.splits, spec, masks).run(stop_epoch)
+            save_tensors(tmp, model.state_dict())
+            diverged = bool(history and history[-1]["diverged"])
+            return {"history": history, "diverged": diverged}
+        spec_d = {"start": start.name, "mask": mask.name if mask else None, "train": spec.as_dict(),
+                  "stop_epoch": stop_epoch, **self.cfg.data_spec()}
+        return self.store.get_or_create("train", spec_d, compute)
+
+    def prune(self, trained: Artifact, prev: Artifact | None, fraction: float, round_: int) -> Artifact:
+        """The mask after removing ``fraction`` of the weights alive in ``prev`` from ``trained``."""
+        def compute(tmp):
+            model = self.new_model()
+            model.load_state_dict(trained.tensors())
+            masks = prev.tensors() if prev is not None else full_masks(model, self.cfg.prune_layers)
+            new = prune_round(model, masks, fraction, self.cfg.prune_scope)
+            save_tensors(tmp, new)
+            overall, per_layer = sparsity(new)
+            return {"round": round_, "sparsity": overall, "layer_sparsity": per_layer}
+        spec_d = {"trained": trained.name, "prev": prev.name if prev else None, "fraction": fraction,
+                  "scope": self.cfg.prune_scope, "layers": list(self.cfg.prune_layers or []) or None}
+        return self.store.get_or_create("mask", spec_d, compute)
+
+    # -- compositions --------------------------------------------------------------------------
+    def imp(self, lr: float, seed: int, rewind_epoch: int = 0) -> "ImpResult":
+        """Pretrain, then R rounds of magnitude pruning, rewinding survivors to epoch ``rewind_epoch``.
+
+        Round r's mask comes from the weights trained under round r-1's mask (round 1: the dense
+        pretrained weights); the last mask is not trained here: that is the regime's own training.
+        A diverged training ends the chain: there are no meaningful magnitudes to prune by.
+        """
+        cfg = self.cfg
+        spec = cfg.train_spec(cfg.pretrain_lr_for(lr), seed)
+        theta0 = self.init(seed)
+        dense = self.train(theta0, None, spec, cfg.epochs)
+        phases = [Phase("pretrain", dense.name, dense.meta["history"], 0.0)]
+        result = ImpResult(theta0=theta0, rewind=theta0, pretrained=dense, masks=[], phases=phases)
+        if dense.meta["diverged"]:
+            return result
+        if rewind_epoch > 0:
+            result.rewind = self.train(theta0, None, spec, rewind_epoch)
+        fraction = per_round_fraction(cfg.target_sparsity, cfg.rounds)
+        trained, mask = dense, None
+        for r in range(1, cfg.rounds + 1):
+            mask = self.prune(trained, mask, fraction, r)
+            result.masks.append(mask)
+            if r == cfg.rounds:
+                break
+            trained = self.train(result.rewind, mask, spec, cfg.epochs)
+            phases.append(Phase(f"imp_round_{r}", trained.name, trained.meta["history"], mask.meta["sparsity"]))
+            if trained.meta["diverged"]:
+                break
+        return result
+
+
+@dataclass
+class ImpResult:
+    theta0: Artifact
+    rewind: Artifact
+    pretrained: Artifact
+    masks: list[Artifact]
+    phases: list[Phase]
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.phases[-1].history and self.phases[-1].history[-1]["diverged"])
+
+    @property
+    def final_mask(self) -> Artifact | None:
+        return self.masks[-1] if self.masks else None

@@ -1,0 +1,144 @@
+"""The Ray Tune function trainable of the lottery study.
+
+A trial obtains its start point from its regime (shared artifacts: theta_0, pretraining, IMP
+masks), then trains the sparse network, reporting every epoch with ``ray.tune.report`` and a
+checkpoint so that an interrupted trial resumes at its last epoch.  Before its last report it
+writes a trial record (JSON, atomically) that the driver turns into MLflow runs and Parquet rows.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.artifacts import ArtifactStore
+from trainables.pipeline import Pipeline, PipelineConfig
+from trainables.regimes import REGIMES
+from trainables.training import Trainer, TrainState
+
+CHECKPOINT_FILE = "trial.pt"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study shares; all paths absolute (Ray runs trials in other folders)."""
+
+    study: str
+    study_dir: str
+    pipeline: PipelineConfig
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+    @property
+    def artifact_root(self) -> Path:
+        return Path(self.study_dir) / "artifacts"
+
+    @property
+    def records_dir(self) -> Path:
+        return Path(self.study_dir) / "records"
+
+
+def _device(ctx: TrialContext) -> torch.device:
+    return torch.device("cuda" if ctx.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, default=float))
+    os.replace(tmp, path)
+
+
+def _metrics(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"epoch": rec["epoch"], "val_acc": rec["val_acc"], "test_acc": rec["test_acc"],
+            "train_loss": rec["train_loss"] if math.isfinite(rec["train_loss"]) else float("nan"),
+            "lr": rec["lr"], "diverged": rec["diverged"], **extra}
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
+              report=None, checkpoint_dir: str | None = None) -> dict[str, Any]:
+    """One trial: start point from the regime, then the sparse network's training.
+
+    ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune).
+    Returns the trial record.
+    """
+    started = time.time()
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    regime = REGIMES[config["regime"]]
+    lr, seed = float(config["lr"]), int(config["seed"])
+    pipe = Pipeline(ctx.pipeline, ArtifactStore(ctx.artifact_root), _device(ctx))
+    start = regime.start(pipe, lr, seed)
+    overall, per_layer = start.sparsity
+    record: dict[str, Any] = {
+        "study": ctx.study, "trial_id": trial_id, "regime": regime.name, "phase": config.get("phase", "search"),
+        "lr": lr, "seed": seed, "config": {k: v for k, v in config.items()}, "seeds": start.seeds,
+        "artifacts": start.artifacts, "achieved_sparsity": overall, "layer_sparsity": per_layer,
+        "pipeline": ctx.pipeline.as_dict(),
+        "phases": [asdict(p) for p in start.phases], "history": [], "diverged": False,
+        "diverged_phase": start.diverged_phase, "started_at": started,
+    }
+    if start.weights is None:  # diverged before the sparse network existed: report it as it is
+        last = start.phases[-1].history[-1]
+        record.update(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
+                      train_loss=float("nan"), wall_seconds=time.time() - started, finished_at=time.time())
+        _write_record(ctx.records_dir / f"{trial_id}.json", record)
+        if report:
+            report(_metrics(last, phase_diverged=start.diverged_phase, sparsity=overall, done=True), None)
+        return record
+
+    model = pipe.new_model()
+    model.load_state_dict(start.weights)
+    trainer = Trainer(model, pipe.splits, ctx.pipeline.train_spec(lr, seed), start.masks)
+    history: list[dict[str, Any]] = []
+    if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
+        saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
+        trainer.load_state(TrainState(**saved["state"]))
+        history = saved["history"]
+        record["resumed_from_epoch"] = trainer.epoch
+
+    total = ctx.pipeline.epochs
+    while trainer.epoch < total and not (history and history[-1]["diverged"]):
+        rec = trainer.run_epoch()
+        history.append(rec)
+        done = rec["diverged"] or trainer.epoch >= total
+        if done:
+            record.update(history=history, diverged=rec["diverged"],
+                          diverged_phase="final" if rec["diverged"] else None, val_acc=rec["val_acc"],
+                          test_acc=rec["test_acc"], train_loss=rec["train_loss"],
+                          wall_seconds=time.time() - started, finished_at=time.time())
+            _write_record(ctx.records_dir / f"{trial_id}.json", record)
+        if report:
+            with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+                torch.save({"state": asdict(trainer.state()), "history": history}, Path(tmp) / CHECKPOINT_FILE)
+                report(_metrics(rec, sparsity=overall, done=done), tmp)
+    if "val_acc" not in record:  # resumed after the last epoch was already trained
+        last = history[-1]
+        record.update(history=history, diverged=last["diverged"], val_acc=last["val_acc"],
+                      test_acc=last["test_acc"], train_loss=last["train_loss"],
+                      wall_seconds=time.time() - started, finished_at=time.time())
+        _write_record(ctx.records_dir / f"{trial_id}.json", record)
+    return record
+
+
+def lottery_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray Tune entry point (wrap with ``tune.with_parameters(lottery_trainable, ctx=...)``)."""
+    from ray import tune
+
+    def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        ckpt = tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+        tune.report(metrics, checkpoint=ckpt)
+
+    checkpoint = tune.get_checkpoint()
+    trial_id = tune.get_context().get_trial_id()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run_trial(config, ctx, trial_id, report, d)
+    else:
+        run_trial(config, ctx, trial_id, report, None)
