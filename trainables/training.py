@@ -1,7 +1,7 @@
 """The training loop: the hot path of every trial.
 
 Data are batched from in-memory tensors; masks are re-applied after every optimiser step with one
-fused ``_foreach_mul_`` (gradient masking alone would let momentum and weight decay revive pruned
+fused ``_foreach_mul_`` in an optimiser step post-hook (gradient masking alone would let momentum and weight decay revive pruned
 weights); the LR follows a per-step ``LambdaLR`` schedule; divergence ends the run early.
 """
 from __future__ import annotations
@@ -97,10 +97,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, spec))
         self.epoch = 0
-        params = dict(model.named_parameters())
-        self._masked_params = [params[n] for n in self.masks]
-        self._mask_list = list(self.masks.values())
         apply_masks(model, self.masks)
+        if self.masks:  # the mask holds after every optimiser step, whoever calls step()
+            params = dict(model.named_parameters())
+            masked, mask_list = [params[n] for n in self.masks], list(self.masks.values())
+
+            def remask(optimizer, args, kwargs) -> None:
+                with torch.no_grad():
+                    torch._foreach_mul_(masked, mask_list)
+            self.optimizer.register_step_post_hook(remask)
 
     def state(self) -> TrainState:
         return TrainState({k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -124,10 +129,7 @@ class Trainer:
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            if self._mask_list:
-                with torch.no_grad():
-                    torch._foreach_mul_(self._masked_params, self._mask_list)
+            opt.step()  # masks re-applied by the step post-hook
             sched.step()
             total += loss.detach()
         self.epoch += 1

@@ -1,0 +1,174 @@
+"""The real CLI: bad flags fail early; a tiny study runs end to end into Parquet, MLflow and Optuna."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from study.lottery import main
+from tests.conftest import run_cli
+
+BAD = [
+    (["--num-samples", "0"], "--num-samples"),
+    (["--num-samples", "-3"], "--num-samples"),
+    (["--lr-min", "0.5", "--lr-max", "0.1"], "--lr-max"),
+    (["--lr-min", "0"], "--lr-min"),
+    (["--sparsity", "1.0"], "--sparsity"),
+    (["--sparsity", "0"], "--sparsity"),
+    (["--regimes", "winning_ticket,lucky_guess"], "--regimes"),
+    (["--model", "resnet9000"], "--model"),
+    (["--dataset", "imagenet"], "--dataset"),
+    (["--rounds", "0"], "--rounds"),
+    (["--epochs", "0"], "--epochs"),
+    (["--schedule", "linear"], "--schedule"),
+    (["--lr-grid", "2", "--lr-min", "0.2", "--lr-max", "0.3"], "--lr-grid"),
+    (["--prune-layers", "net.1,nope"], "--prune-layers"),
+    (["--gpus-per-trial", "1.5"], "--gpus-per-trial"),
+    (["--rewind-epoch", "20"], "--rewind-epoch"),
+    (["--name", "../escape"], "--name"),
+    (["--num-samples", "many"], "--num-samples"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_flag_fails_with_one_line_and_writes_nothing(argv, flag, tmp_path, capsys):
+    root = tmp_path / "studies"
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--root", str(root), "--data-dir", str(tmp_path / "data")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err, err
+    assert not root.exists() and not (tmp_path / "data").exists()
+
+
+def test_existing_study_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "s" / "taken").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(tmp_path / "s"), "--name", "taken"])
+    assert exc.value.code == 2 and "--name" in capsys.readouterr().err
+    assert list((tmp_path / "s" / "taken").iterdir()) == []
+
+
+def test_bad_flag_through_the_real_command(tmp_path, ray_env):
+    r = run_cli(["--num-samples", "0", "--root", str(tmp_path / "s")], ray_env, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--num-samples" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+N = 3
+REGIMES = ("winning_ticket", "random_reinit", "late_rewind")
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, data_dir):
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from tests.conftest import ROOT
+    tmp = tmp_path_factory.mktemp("e2e")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    (Path(ray_tmp) / "ray").mkdir()
+    (tmp / "home").mkdir()
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
+    args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "2", "--rounds", "2",
+            "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
+            "--root", str(tmp / "studies"), "--name", "tiny", "--data-dir", data_dir, "--num-cpus", "2"]
+    r = run_cli(args, env)
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not left, f"Ray processes left behind: {left}"
+    return tmp / "studies" / "tiny", r.stdout
+
+
+def test_summary_is_printed(finished_study):
+    _, out = finished_study
+    assert "Each regime at its own best learning rate" in out
+    assert "Winning ticket's test-accuracy advantage over random re-init" in out
+    for regime in REGIMES:
+        assert f"{regime} {N}/{N} done" in out  # the progress view
+    assert "Artifact sharing" in out
+
+
+def test_parquet_tables(finished_study):
+    study_dir, _ = finished_study
+    trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
+    epochs = pq.read_table(study_dir / "results" / "epochs.parquet").to_pandas()
+    assert len(trials) == N * len(REGIMES) and trials["trial_id"].is_unique
+    assert sorted(trials["regime"].unique()) == sorted(REGIMES)
+    assert set(trials["status"]) == {"completed"} and set(trials["phase"]) == {"search"}
+    assert (trials["achieved_sparsity"] - 0.8).abs().max() < 1e-3
+    assert trials[["val_acc", "test_acc", "wall_seconds"]].notna().all().all()
+    assert trials["mask_artifact"].notna().all() and trials["mlflow_run_id"].notna().all()
+    # winning ticket and random re-init at the same LR share one IMP run (one mask artifact)
+    wt = trials[trials.regime == "winning_ticket"].set_index("lr")["mask_artifact"]
+    rr = trials[trials.regime == "random_reinit"].set_index("lr")["mask_artifact"]
+    common = set(wt.index) & set(rr.index)
+    assert common, "the shared TPE seed and LR grid should give common LRs"
+    for lr in common:
+        assert set(wt.loc[[lr]]) == set(rr.loc[[lr]])
+    late = trials[trials.regime == "late_rewind"]
+    assert late["rewind_epoch"].eq(1).all() and not set(late["mask_artifact"]) & set(wt)
+    assert trials[trials.regime == "random_reinit"]["reinit_seed"].notna().all()
+    # epochs: pretraining, one IMP round, final: 2 epochs each, per trial
+    per_trial = epochs.groupby("trial_id")["stage"].value_counts().unstack()
+    assert (per_trial[["pretrain", "imp_round_1", "final"]] == 2).all().all()
+    final = epochs[epochs.stage == "final"].sort_values("epoch").groupby("trial_id").last()
+    joined = trials.set_index("trial_id").join(final[["val_acc"]], rsuffix="_epoch")
+    assert (joined["val_acc"] == joined["val_acc_epoch"]).all()
+
+
+def test_mlflow_runs(finished_study):
+    from mlflow.tracking import MlflowClient
+    study_dir, _ = finished_study
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("phase") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == N * len(REGIMES)
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert {"regime", "lr", "seed", "target_sparsity", "model", "dataset"} <= set(c.data.params)
+        assert {"final_val_acc", "final_test_acc", "achieved_sparsity", "val_acc", "pretrain/val_acc"} <= set(c.data.metrics)
+        hist = client.get_metric_history(c.info.run_id, "val_acc")
+        assert sorted(m.step for m in hist) == [1, 2]
+        assert c.info.run_name.startswith(c.data.tags["regime"] + " lr=")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.parquet", "epochs.parquet", "summary.txt"} <= artifacts
+
+
+def test_optuna_storage(finished_study):
+    import optuna
+    study_dir, _ = finished_study
+    trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {f"tiny.{r}" for r in REGIMES}
+    for regime in REGIMES:
+        study = optuna.load_study(study_name=f"tiny.{regime}", storage=storage)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(done) == N
+        rows = trials[trials.regime == regime].set_index("optuna_trial")
+        for t in done:
+            assert t.value == pytest.approx(rows.loc[t.number, "val_acc"])
+            assert 10 ** t.params["log10_lr"] == pytest.approx(rows.loc[t.number, "lr"])
+
+
+def test_a_diverging_study_goes_on(tmp_path, ray_env, data_dir):
+    r = run_cli(["--num-samples", "2", "--regimes", "winning_ticket", "--epochs", "1", "--rounds", "1",
+                 "--lr-min", "1000", "--lr-max", "10000", "--lr-grid", "1", "--root", str(tmp_path / "s"),
+                 "--name", "div", "--data-dir", data_dir, "--num-cpus", "2"], ray_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = pq.read_table(tmp_path / "s" / "div" / "results" / "trials.parquet").to_pandas()
+    assert len(trials) == 2 and trials["diverged"].all() and set(trials["status"]) == {"completed"}
+    assert trials["val_acc"].between(0, 1).all() and "DIVERGED" in r.stdout
+    assert set(trials["diverged_stage"]) == {"pretrain"}
+    assert not any(math.isnan(v) for v in trials["val_acc"])
