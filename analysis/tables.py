@@ -108,9 +108,11 @@ def _write(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_tables(study_dir: str | os.PathLike[str]) -> tuple[pa.Table, pa.Table]:
-    """Rebuild ``results/trials.parquet`` and ``results/epochs.parquet`` from the trial records."""
-    records = load_records(study_dir)
+def write_tables(study_dir: str | os.PathLike[str],
+                 records: list[dict[str, Any]] | None = None) -> tuple[pa.Table, pa.Table]:
+    """Rebuild ``results/trials.parquet`` and ``results/epochs.parquet`` from the trial records
+    (those given, else every record in the study folder)."""
+    records = load_records(study_dir) if records is None else records
     trials = pa.Table.from_pylist([trial_row(r) for r in records], schema=TRIALS_SCHEMA)
     epochs = pa.Table.from_pylist([row for r in records for row in epoch_rows(r)], schema=EPOCHS_SCHEMA)
     out = Path(study_dir) / "results"

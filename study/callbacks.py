@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
-from analysis.tables import write_tables
+from analysis.tables import load_records, write_tables
 from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
 
@@ -63,6 +63,7 @@ class StudyCallback(tune.Callback):
         self.tracker, self.progress, self.trial_params = tracker, progress, trial_params
         self.optuna_study = optuna_study
         self.runs: dict[str, str] = {}
+        self.records = {r["trial_id"]: r for r in load_records(self.study_dir)}  # every regime's so far
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.runs:
@@ -93,7 +94,8 @@ class StudyCallback(tune.Callback):
         tmp = path.with_suffix(".tmp-driver")
         tmp.write_text(json.dumps(record, default=float))
         os.replace(tmp, path)
-        write_tables(self.study_dir)
+        self.records[record["trial_id"]] = record
+        write_tables(self.study_dir, list(self.records.values()))
         self.progress.finish(record)
         return record
 

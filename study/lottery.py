@@ -31,7 +31,7 @@ def write_study_json(opts: StudyOptions, study_hash: str) -> None:
     info = {"name": opts.args.name, "study_hash": study_hash, "config": search_config(opts),
             "command": [sys.executable, "-m", "study.lottery", *sys.argv[1:]],
             "execution": {k: getattr(opts.args, k) for k in ("address", "num_cpus", "cpus_per_trial",
-                                                             "gpus_per_trial", "max_concurrent", "max_failures",
+                                                             "gpus_per_trial", "max_concurrent", "max_failures", "checkpoint_every",
                                                              "mlflow_uri", "data_dir")},
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
             "created_at": time.time()}
@@ -51,6 +51,7 @@ def max_concurrent(opts: StudyOptions, resources: dict[str, float]) -> int:
 def run_regime(opts: StudyOptions, regime: str, ctx, callback, concurrency: int) -> None:
     import optuna
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces.lottery import define_by_run
@@ -68,7 +69,7 @@ def run_regime(opts: StudyOptions, regime: str, ctx, callback, concurrency: int)
         tune.with_resources(tune.with_parameters(lottery_trainable, ctx=ctx), resources),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=a.num_samples, max_concurrent_trials=concurrency,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=regime, storage_path=str(opts.study_dir / "ray"), callbacks=[callback],
+        run_config=tune.RunConfig(name=regime, storage_path=str(opts.study_dir / "ray"), callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=a.max_failures), verbose=0))
     tuner.fit()
@@ -111,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     concurrency = max_concurrent(opts, resources)
     print(f"Ray: {'joined ' + a.address if a.address else 'local runtime'} with {resources.get('CPU', 0):g} CPUs, "
           f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once", flush=True)
-    ctx = TrialContext(a.name, str(study_dir), opts.pipeline, a.cpus_per_trial, a.gpus_per_trial)
+    ctx = TrialContext(a.name, str(study_dir), opts.pipeline, a.cpus_per_trial, a.gpus_per_trial,
+                       a.checkpoint_every)
     progress = Progress(opts.regimes, a.num_samples)
     status = "FAILED"
     try:

@@ -32,6 +32,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show (the help text says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class BadFlag(Exception):
     def __init__(self, flag: str, message: str):
         super().__init__(f"{flag} {message}")
@@ -59,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "The lottery study: tune the learning rate separately for each retraining regime "
         "(winning ticket, random re-init, ...) of a magnitude-pruned network, with one Optuna "
         "search per regime run as Ray Tune trials; every trial is logged to MLflow and Parquet."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     s = p.add_argument_group("search")
     s.add_argument("--num-samples", type=int, default=64, help="trials per regime")
-    s.add_argument("--regimes", type=_csv(str), default=DEFAULT_REGIMES,
+    s.add_argument("--regimes", type=_csv(str), default=",".join(DEFAULT_REGIMES),
                    help=f"comma-separated regimes, from: {', '.join(REGIMES)}")
     s.add_argument("--lr-min", type=float, default=1e-3, help="lower end of the log-uniform LR range")
     s.add_argument("--lr-max", type=float, default=1.0, help="upper end of the log-uniform LR range")
@@ -74,21 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of theta_0, data order, re-init draws (derived) and the TPE sampler")
     d = p.add_argument_group("data and model")
     d.add_argument("--dataset", default="mnist1d", help=f"one of: {', '.join(DATASETS)}")
-    d.add_argument("--data-dir", default=None, help=f"data cache folder (default {default_data_dir()})")
+    d.add_argument("--data-dir", default=None, help="data cache folder (default: $XDG_CACHE_HOME/prune-platform/data, else ~/.cache/prune-platform/data)")
     d.add_argument("--data-seed", type=int, default=42, help="seed of the generated data set")
     d.add_argument("--val-fraction", type=float, default=0.2, help="share of the training set held out for validation")
     d.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)}")
     d.add_argument("--widths", type=_csv(int), default=None,
-                   help="comma-separated hidden widths (mlp: 300,100; conv1d: channels 32,32,32)")
+                   help="comma-separated hidden widths (default: mlp 300,100; conv1d channels 32,32,32)")
     t = p.add_argument_group("training (pretraining, IMP rounds and retraining alike)")
     t.add_argument("--epochs", type=int, default=20, help="epochs of every training run")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay (L2)")
     t.add_argument("--schedule", default="cosine", help=f"LR schedule, one of: {', '.join(SCHEDULES)} "
                    "(step: /10 at 50%% and 75%% of training)")
     t.add_argument("--warmup-epochs", type=int, default=0, help="linear LR warmup epochs")
-    t.add_argument("--lr-coupling", default="all", choices=None,
+    t.add_argument("--lr-coupling", default="all",
                    help="all: the trial LR drives pretraining, IMP and retraining (as in the paper); "
                         "retrain: pretraining and IMP use --pretrain-lr")
     t.add_argument("--pretrain-lr", type=float, default=0.1, help="LR of pretraining and IMP with --lr-coupling retrain")
@@ -98,20 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IMP rounds, each removing the same fraction of the surviving weights; 1 = one-shot")
     r.add_argument("--prune-scope", default="global", help=f"one of: {', '.join(SCOPES)}")
     r.add_argument("--prune-layers", type=_csv(str), default=None,
-                   help="comma-separated layer names to prune (default: every Linear/Conv layer)")
+                   help="comma-separated layer names to prune, e.g. net.1,net.3 (default: every Linear/Conv layer)")
     r.add_argument("--rewind-epoch", type=int, default=1, help="k of late_rewind (theta_k)")
     x = p.add_argument_group("execution and storage")
     x.add_argument("--root", default="studies", help="folder that holds study folders")
-    x.add_argument("--name", default=None, help="study name (default: lottery-<config hash>)")
+    x.add_argument("--name", default=None, help="study name, the folder under --root (default: lottery-<hash of the settings that change results>)")
     x.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="Ray cluster to join (default: $RAY_ADDRESS, else a local runtime)")
-    x.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all)")
-    x.add_argument("--cpus-per-trial", type=float, default=1.0)
+                   help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a local runtime)")
+    x.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all of this machine's)")
+    x.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs a trial reserves (also its torch threads)")
     x.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
     x.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once per regime (0: as many as the CPUs and GPUs allow)")
     x.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
-    x.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite in the study folder)")
+    x.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="a trial checkpoints every N epochs of its own training (pretraining and IMP "
+                        "are cached artifacts, never repeated)")
+    x.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite:///<study folder>/mlflow.db)")
     return p
 
 
@@ -158,13 +170,14 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     _check(0 < a.sparsity < 1, "--sparsity", f"must be in (0, 1) (got {a.sparsity:g})")
     _check(a.rounds >= 1, "--rounds", f"must be >= 1 (got {a.rounds})")
     _check(a.prune_scope in SCOPES, "--prune-scope", f"must be one of {', '.join(SCOPES)} (got {a.prune_scope!r})")
-    _check(0 <= a.rewind_epoch < a.epochs, "--rewind-epoch", f"must be in [0, --epochs) (got {a.rewind_epoch})")
+    _check(0 <= a.rewind_epoch < a.epochs or "late_rewind" not in a.regimes, "--rewind-epoch", f"must be in [0, --epochs) (got {a.rewind_epoch})")
     _check(a.cpus_per_trial > 0, "--cpus-per-trial", f"must be > 0 (got {a.cpus_per_trial:g})")
     _check(a.gpus_per_trial >= 0, "--gpus-per-trial", f"must be >= 0 (got {a.gpus_per_trial:g})")
     _check(a.gpus_per_trial <= 1 or float(a.gpus_per_trial).is_integer(), "--gpus-per-trial",
            f"must be a fraction in [0, 1] or a whole number (got {a.gpus_per_trial:g})")
     _check(a.max_concurrent >= 0, "--max-concurrent", f"must be >= 0 (got {a.max_concurrent})")
     _check(a.max_failures >= 0, "--max-failures", f"must be >= 0 (got {a.max_failures})")
+    _check(a.checkpoint_every >= 1, "--checkpoint-every", f"must be >= 1 (got {a.checkpoint_every})")
     _check(a.num_cpus is None or a.num_cpus >= 1, "--num-cpus", f"must be >= 1 (got {a.num_cpus})")
     _check(a.num_cpus is None or a.cpus_per_trial <= a.num_cpus, "--cpus-per-trial",
            f"must not exceed --num-cpus ({a.cpus_per_trial:g} > {a.num_cpus})")

@@ -10,6 +10,8 @@ def quiet_ray_env() -> None:
     """Environment defaults set before Ray is imported (the user's own values win)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # per-result JSON and CSV loggers are passed explicitly; no TensorBoard event file per result
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # a forced experiment snapshot per checkpoint is expected here (num_to_keep=1): no warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")

@@ -26,7 +26,7 @@ BAD = [
     (["--lr-grid", "2", "--lr-min", "0.2", "--lr-max", "0.3"], "--lr-grid"),
     (["--prune-layers", "net.1,nope"], "--prune-layers"),
     (["--gpus-per-trial", "1.5"], "--gpus-per-trial"),
-    (["--rewind-epoch", "20"], "--rewind-epoch"),
+    (["--regimes", "late_rewind", "--rewind-epoch", "20"], "--rewind-epoch"),
     (["--name", "../escape"], "--name"),
     (["--num-samples", "many"], "--num-samples"),
 ]
@@ -118,7 +118,7 @@ def test_parquet_tables(finished_study):
     per_trial = epochs.groupby("trial_id")["stage"].value_counts().unstack()
     assert (per_trial[["pretrain", "imp_round_1", "final"]] == 2).all().all()
     final = epochs[epochs.stage == "final"].sort_values("epoch").groupby("trial_id").last()
-    joined = trials.set_index("trial_id").join(final[["val_acc"]], rsuffix="_epoch")
+    joined = trials.set_index("trial_id").join(final[["val_acc"]].rename(columns={"val_acc": "val_acc_epoch"}))
     assert (joined["val_acc"] == joined["val_acc_epoch"]).all()
 
 
@@ -172,3 +172,63 @@ def test_a_diverging_study_goes_on(tmp_path, ray_env, data_dir):
     assert trials["val_acc"].between(0, 1).all() and "DIVERGED" in r.stdout
     assert set(trials["diverged_stage"]) == {"pretrain"}
     assert not any(math.isnan(v) for v in trials["val_acc"])
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_get(cmd: list[str], url: str, tmp_path, timeout: float = 90.0):
+    """Start a server as the README says, GET ``url`` once it answers, then stop it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"{url} did not answer in {timeout}s")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_readme_mlflow_ui_command_serves_the_study(finished_study, tmp_path):
+    import sys
+    study_dir, _ = finished_study
+    port = _free_port()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    body = _serve_and_get([mlflow, "ui", "--backend-store-uri", f"sqlite:///{study_dir / 'mlflow.db'}",
+                           "--host", "127.0.0.1", "--port", str(port)],
+                          f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny",
+                          tmp_path)
+    assert body["experiment"]["name"] == "tiny"
+
+
+def test_readme_optuna_dashboard_command_serves_the_study(finished_study, tmp_path):
+    import sys
+    study_dir, _ = finished_study
+    port = _free_port()
+    exe = str(Path(sys.executable).parent / "optuna-dashboard")
+    body = _serve_and_get([exe, f"sqlite:///{study_dir / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                          f"http://127.0.0.1:{port}/api/studies", tmp_path)
+    assert {s["study_name"] for s in body["study_summaries"]} == {f"tiny.{r}" for r in REGIMES}

@@ -35,6 +35,7 @@ class TrialContext:
     pipeline: PipelineConfig
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    checkpoint_every: int = 1
 
     @property
     def artifact_root(self) -> Path:
@@ -114,7 +115,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
                           test_acc=rec["test_acc"], train_loss=rec["train_loss"],
                           wall_seconds=time.time() - started, finished_at=time.time())
             _write_record(ctx.records_dir / f"{trial_id}.json", record)
-        if report:
+        if report and (done or trainer.epoch % ctx.checkpoint_every):
+            report(_metrics(rec, sparsity=overall, done=done), None)  # a finished trial needs no checkpoint
+        elif report:
             with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
                 torch.save({"state": asdict(trainer.state()), "history": history}, Path(tmp) / CHECKPOINT_FILE)
                 report(_metrics(rec, sparsity=overall, done=done), tmp)

@@ -1,0 +1,30 @@
+"""The README documents what the code does: every flag, the set-up contract, the Parquet schema."""
+from __future__ import annotations
+
+import re
+
+from analysis.tables import EPOCHS_SCHEMA, TRIALS_SCHEMA
+from study.options import build_parser
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_flag_is_in_the_readme():
+    flags = {s for a in build_parser()._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    missing = sorted(f for f in flags if f"`{f}`" not in README)
+    assert not missing, f"flags missing from README: {missing}"
+
+
+def test_every_parquet_column_is_in_the_readme():
+    for schema in (TRIALS_SCHEMA, EPOCHS_SCHEMA):
+        missing = [n for n in schema.names if f"`{n}`" not in README]
+        assert not missing, f"columns missing from README: {missing}"
+
+
+def test_ci_runs_the_readme_commands():
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    install, test = blocks[0].strip().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install in ci and test in ci
+    assert "python -m study.lottery --num-samples 64" in blocks[1]
