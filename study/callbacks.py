@@ -31,8 +31,20 @@ class Progress:
         self.best: dict[str, tuple[float, float]] = {}
         self.t0 = time.time()
 
+    HEARTBEAT_S = 30.0
+
     def start(self, regime: str, trial_id: str) -> None:
         self.started.setdefault(regime, set()).add(trial_id)
+        self.last_line = time.time()
+
+    def heartbeat(self, regime: str) -> None:
+        """A status line when nothing has been printed for a while (long trials)."""
+        if time.time() - getattr(self, "last_line", self.t0) < self.HEARTBEAT_S:
+            return
+        self.last_line = time.time()
+        running = len(self.started.get(regime, set()) - self.finished.get(regime, set()))
+        print(f"[{time.time() - self.t0:6.0f}s] {regime} {len(self.finished.get(regime, ()))}/{self.num_samples} "
+              f"done, {running} running ...", file=self.out, flush=True)
 
     def finish(self, record: dict[str, Any]) -> None:
         regime = record["regime"]
@@ -51,6 +63,7 @@ class Progress:
                     f"sparsity {record.get('achieved_sparsity', 0):.3f}"
                     + (f" DIVERGED ({record.get('diverged_phase')})" if record.get("diverged") else ""))
         best = ", ".join(f"{r} {v:.4f}@{lr:.3g}" for r, (v, lr) in self.best.items())
+        self.last_line = time.time()
         print(f"[{time.time() - self.t0:6.0f}s] {regime} {done}/{self.num_samples} done, {running} running, "
               f"{pending} pending | lr {record.get('lr', float('nan')):.3g}: {what} | best val: {best}",
               file=self.out, flush=True)
@@ -74,6 +87,13 @@ class StudyCallback(tune.Callback):
             self.runs[trial.trial_id] = self.tracker.start_child(
                 self.study, trial.trial_id, c["regime"], c.get("phase", "search"), params)
         return self.runs[trial.trial_id]
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if trials:
+            self.progress.heartbeat(trials[0].config["regime"])
+
+    def finished_count(self, regime: str) -> int:
+        return sum(1 for r in self.records.values() if r["regime"] == regime)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.progress.start(trial.config["regime"], trial.trial_id)

@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cb = StudyCallback(a.name, study_dir, study_hash, tracker, progress, trial_params(opts),
                                optuna_study_name(a.name, regime))
             run_regime(opts, regime, ctx, cb, concurrency)
+            if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
+                raise KeyboardInterrupt
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -1,0 +1,78 @@
+"""Wall time of the default lottery study, and the compute that artifact sharing saves.
+
+Runs ``python -m study.lottery --num-samples 64`` (plus any extra flags) in a temporary folder,
+then reads the study's own Parquet tables:
+
+- wall time of the whole command (target: at most 10 minutes on a 2-core machine without GPU);
+- training epochs used by the trials (pretraining + IMP rounds each trial started from, plus its
+  own training) against the epochs actually trained (distinct shared artifacts + own training):
+  their ratio is the compute sharing saves, measured on the same run.
+
+With ``--compare-continuous`` it also runs the same study with ``--lr-grid 0`` (continuous LRs:
+cross-regime sharing only by chance) in the same command, for the wall-time ratio.
+
+    python benchmarks/bench_study.py [--num-samples 64] [--compare-continuous] [-- extra flags]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run_study(root: Path, name: str, num_samples: int, extra: list[str]) -> dict:
+    from analysis.summary import read_tables, sharing
+    ray_tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "study.lottery", "--num-samples", str(num_samples), "--root", str(root),
+           "--name", name, *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    if proc.returncode != 0:
+        sys.exit(f"study failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    trials, epochs = read_tables(root / name)
+    sh = sharing(epochs)
+    return {"flags": cmd[3:], "wall_seconds": wall, "trials": len(trials),
+            "epochs_used": sh.used_epochs + sh.final_epochs, "epochs_trained": sh.trained_epochs + sh.final_epochs,
+            "saved_fraction": sh.saved_fraction, "median_trial_seconds": float(trials["wall_seconds"].median())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--num-samples", type=int, default=64)
+    ap.add_argument("--compare-continuous", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("extra", nargs="*", help="extra flags for study.lottery (after --)")
+    a = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    try:
+        out = {"grid": run_study(root, "grid", a.num_samples, a.extra)}
+        g = out["grid"]
+        print(f"default study: {g['wall_seconds']:.0f} s wall (target <= 600 s: "
+              f"{'met' if g['wall_seconds'] <= 600 else 'MISSED'}), {g['trials']} trials, "
+              f"median trial {g['median_trial_seconds']:.1f} s")
+        print(f"artifact sharing: {g['epochs_trained']} of {g['epochs_used']} training epochs trained "
+              f"({100 * g['saved_fraction']:.0f}% saved)")
+        if a.compare_continuous:
+            out["continuous"] = c = run_study(root, "continuous", a.num_samples, [*a.extra, "--lr-grid", "0"])
+            print(f"continuous LRs: {c['wall_seconds']:.0f} s wall, {100 * c['saved_fraction']:.0f}% of epochs "
+                  f"saved; grid/continuous wall-time ratio {g['wall_seconds'] / c['wall_seconds']:.2f}")
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=1))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The trial function: per-epoch reports with checkpoints, resume, records; the artifact lock."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+
+from trainables.artifacts import ArtifactStore
+from trainables.pipeline import PipelineConfig
+from trainables.trainable import TrialContext, run_trial
+
+
+@pytest.fixture
+def ctx(tmp_path, data_dir):
+    cfg = PipelineConfig(data_dir=data_dir, epochs=3, rounds=2, target_sparsity=0.6)
+    return TrialContext("s", str(tmp_path / "study"), cfg)
+
+
+def test_reports_every_epoch_with_a_checkpoint_and_writes_the_record(ctx, tmp_path):
+    reports = []
+
+    def report(metrics, ckpt):
+        reports.append((metrics, ckpt is not None))
+    rec = run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, ctx, "t1", report)
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
+    assert [c for _, c in reports] == [True, True, False]  # the finished trial needs no checkpoint
+    assert reports[-1][0]["done"] and reports[-1][0]["val_acc"] == rec["val_acc"]
+    on_disk = json.loads((tmp_path / "study" / "records" / "t1.json").read_text())
+    assert on_disk["val_acc"] == rec["val_acc"] and len(on_disk["history"]) == 3
+    assert [p["name"] for p in on_disk["phases"]] == ["pretrain", "imp_round_1"]
+    assert on_disk["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
+    config = {"regime": "random_reinit", "lr": 0.05, "seed": 1}
+    full = run_trial(config, ctx, "full", lambda m, c: None)
+    saved = tmp_path / "ckpt"
+
+    def interrupted(metrics, ckpt):
+        if metrics["epoch"] == 1:
+            shutil.copytree(ckpt, saved)
+            raise KeyboardInterrupt  # the trial dies after its first checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(config, ctx, "again", interrupted)
+    epochs = []
+    rec = run_trial(config, ctx, "again", lambda m, c: epochs.append(m["epoch"]), str(saved))
+    assert epochs == [2, 3] and rec["resumed_from_epoch"] == 1
+    assert [h["epoch"] for h in rec["history"]] == [1, 2, 3]
+    assert rec["val_acc"] == full["val_acc"] and rec["test_acc"] == full["test_acc"]
+
+
+def test_checkpoint_every_n_epochs(ctx, tmp_path):
+    from dataclasses import replace
+    sparse_ctx = replace(ctx, checkpoint_every=2, pipeline=replace(ctx.pipeline, epochs=5))
+    flags = []
+    run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, sparse_ctx, "t", lambda m, c: flags.append(c is not None))
+    assert flags == [False, True, False, True, False]
+
+
+def test_diverged_pretraining_ends_the_trial_with_its_accuracy(ctx):
+    reports = []
+    rec = run_trial({"regime": "winning_ticket", "lr": 1e4, "seed": 0}, ctx, "d", lambda m, c: reports.append(m))
+    assert rec["diverged"] and rec["diverged_phase"] == "pretrain"
+    assert len(reports) == 1 and reports[0]["diverged"] and 0 <= reports[0]["val_acc"] <= 1
+
+
+def test_concurrent_requests_compute_an_artifact_once(tmp_path):
+    store = ArtifactStore(tmp_path / "a")
+    calls, results = [], []
+
+    def compute(tmp):
+        calls.append(1)
+        time.sleep(0.5)
+        (tmp / "x.txt").write_text("done")
+        return {"value": 42}
+
+    def worker():
+        results.append(ArtifactStore(tmp_path / "a").get_or_create("k", {"x": 1}, compute))
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len({r.path for r in results}) == 1 and sum(r.computed for r in results) == 1
+    assert all(r.meta["value"] == 42 for r in results)
+    assert (results[0].path / "x.txt").read_text() == "done"
+    assert store.find("k", {"x": 1}) is not None and not list((tmp_path / "a").glob(".tmp-*"))
+
+
+def test_a_failed_computation_leaves_nothing_behind(tmp_path):
+    store = ArtifactStore(tmp_path / "a")
+
+    def boom(tmp):
+        (tmp / "partial").write_text("half")
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        store.get_or_create("k", {"x": 2}, boom)
+    assert store.find("k", {"x": 2}) is None
+    assert [p.name for p in (tmp_path / "a").iterdir()] == [".locks"]
