@@ -18,14 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TRIALS_SCHEMA = pa.schema([
-    ("study", pa.string()), ("phase", pa.string()), ("regime", pa.string()), ("trial_id", pa.string()),
-    ("status", pa.string()), ("lr", pa.float64()), ("log10_lr", pa.float64()), ("seed", pa.int64()),
+    ("study", pa.string()), ("phase", pa.string()), ("condition", pa.string()), ("regime", pa.string()),
+    ("trial_id", pa.string()), ("status", pa.string()), ("lr", pa.float64()), ("log10_lr", pa.float64()), ("seed", pa.int64()),
     ("reinit_seed", pa.int64()), ("optuna_study", pa.string()), ("optuna_trial", pa.int64()),
     ("dataset", pa.string()), ("model", pa.string()), ("widths", pa.string()), ("epochs", pa.int64()),
     ("batch_size", pa.int64()), ("schedule", pa.string()), ("warmup_epochs", pa.int64()),
     ("momentum", pa.float64()), ("weight_decay", pa.float64()), ("lr_coupling", pa.string()),
     ("pretrain_lr", pa.float64()), ("prune_scope", pa.string()), ("rounds", pa.int64()),
-    ("rewind_epoch", pa.int64()), ("target_sparsity", pa.float64()), ("achieved_sparsity", pa.float64()),
+    ("prune_round", pa.int64()), ("rewind_epoch", pa.int64()), ("target_sparsity", pa.float64()), ("achieved_sparsity", pa.float64()),
     ("layer_sparsity", pa.map_(pa.string(), pa.float64())), ("val_acc", pa.float64()),
     ("test_acc", pa.float64()), ("train_loss", pa.float64()), ("diverged", pa.bool_()),
     ("diverged_stage", pa.string()), ("wall_seconds", pa.float64()), ("init_artifact", pa.string()),
@@ -36,8 +36,9 @@ TRIALS_SCHEMA = pa.schema([
 ])
 
 EPOCHS_SCHEMA = pa.schema([
-    ("study", pa.string()), ("phase", pa.string()), ("regime", pa.string()), ("trial_id", pa.string()),
-    ("lr", pa.float64()), ("seed", pa.int64()), ("stage", pa.string()), ("epoch", pa.int64()),
+    ("study", pa.string()), ("phase", pa.string()), ("condition", pa.string()), ("regime", pa.string()),
+    ("trial_id", pa.string()), ("lr", pa.float64()), ("seed", pa.int64()), ("prune_round", pa.int64()),
+    ("stage", pa.string()), ("epoch", pa.int64()),
     ("epoch_lr", pa.float64()), ("train_loss", pa.float64()), ("val_acc", pa.float64()),
     ("test_acc", pa.float64()), ("sparsity", pa.float64()), ("diverged", pa.bool_()),
     ("seconds", pa.float64()), ("artifact", pa.string()),
@@ -63,8 +64,8 @@ def trial_row(r: dict[str, Any]) -> dict[str, Any]:
     pipe, arts, seeds = r.get("pipeline", {}), r.get("artifacts", {}), r.get("seeds", {})
     lr = r.get("lr")
     return {
-        "study": r["study"], "phase": r.get("phase", "search"), "regime": r["regime"],
-        "trial_id": r["trial_id"], "status": r.get("status", "completed"), "lr": _num(lr),
+        "study": r["study"], "phase": r.get("phase", "search"), "condition": r.get("condition"),
+        "regime": r["regime"], "trial_id": r["trial_id"], "status": r.get("status", "completed"), "lr": _num(lr),
         "log10_lr": math.log10(lr) if lr else None, "seed": r.get("seed"),
         "reinit_seed": seeds.get("reinit_seed"), "optuna_study": r.get("optuna_study"),
         "optuna_trial": r.get("optuna_trial"), "dataset": pipe.get("dataset"), "model": pipe.get("model"),
@@ -73,7 +74,8 @@ def trial_row(r: dict[str, Any]) -> dict[str, Any]:
         "warmup_epochs": pipe.get("warmup_epochs"), "momentum": _num(pipe.get("momentum")),
         "weight_decay": _num(pipe.get("weight_decay")), "lr_coupling": pipe.get("lr_coupling"),
         "pretrain_lr": _num(pipe.get("pretrain_lr")), "prune_scope": pipe.get("prune_scope"),
-        "rounds": pipe.get("rounds"), "rewind_epoch": seeds.get("rewind_epoch"),
+        "rounds": pipe.get("rounds"), "prune_round": r.get("prune_round", pipe.get("rounds")),
+        "rewind_epoch": seeds.get("rewind_epoch"),
         "target_sparsity": _num(pipe.get("target_sparsity")),
         "achieved_sparsity": _num(r.get("achieved_sparsity")),
         "layer_sparsity": list((r.get("layer_sparsity") or {}).items()),
@@ -89,8 +91,9 @@ def trial_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def epoch_rows(r: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    base = {"study": r["study"], "phase": r.get("phase", "search"), "regime": r["regime"],
-            "trial_id": r["trial_id"], "lr": _num(r.get("lr")), "seed": r.get("seed")}
+    base = {"study": r["study"], "phase": r.get("phase", "search"), "condition": r.get("condition"),
+            "regime": r["regime"], "trial_id": r["trial_id"], "lr": _num(r.get("lr")), "seed": r.get("seed"),
+            "prune_round": r.get("prune_round", r.get("pipeline", {}).get("rounds"))}
     stages = [(p["name"], p["artifact"], p["sparsity"], p["history"]) for p in r.get("phases", [])]
     stages.append(("final", None, r.get("achieved_sparsity"), r.get("history", [])))
     for stage, artifact, sp, history in stages:
