@@ -82,9 +82,15 @@ def _fmt(x: float, spec: str = ".4f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: float | None = None) -> str:
+def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: float | None = None,
+                   verdicts: list[str] | None = None) -> str:
+    """The verdicts first (when there was a confirmation), then the search, then the compute."""
+    lines = [""]
+    if verdicts:
+        lines += ["Verdicts (confirmation on fresh seeds, test accuracy):", "", *verdicts, ""]
+    trials = trials[trials["phase"] == "search"]
     best = best_per_regime(trials)
-    lines = ["", "Each regime at its own best learning rate (chosen on validation accuracy):", ""]
+    lines += ["Search: each regime at its own best learning rate (chosen on validation accuracy):", ""]
     lines.append(f"{'regime':<16} {'best lr':>9} {'val acc':>8} {'test acc':>8} {'trials':>7} {'diverged':>8}")
     for _, r in best.iterrows():
         lines.append(f"{r['regime']:<16} {_fmt(r['best_lr'], '.3g'):>9} {_fmt(r['best_val_acc']):>8} "
@@ -96,7 +102,8 @@ def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: flo
         for _, r in adv.iterrows():
             lines.append(f"{r['at']:<26} {_fmt(r['lr'], '.3g'):>9} {_fmt(r['winning_ticket_test']):>8} "
                          f"{_fmt(r['random_reinit_test']):>8} {_fmt(r['advantage'], '+.4f'):>10} {r['n']:>7}")
-        lines.append("(one search seed per LR: the confirmation on fresh seeds gives intervals and verdicts)")
+        lines.append("(search: one seed per LR; the verdicts above rest on the confirmation's fresh seeds)"
+                     if verdicts else "(one search seed per LR: a confirmation on fresh seeds gives intervals and verdicts)")
     sh = sharing(epochs)
     lines += ["", f"Artifact sharing: the trials started from {sh.used_epochs} epochs of pretraining and IMP, "
                   f"of which {sh.trained_epochs} were trained; with their own {sh.final_epochs} epochs, "

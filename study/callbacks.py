@@ -19,15 +19,21 @@ from ray import tune
 from analysis.tables import load_records, write_tables
 from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
+from trainables.trainable import trial_spec
+
+
+def label(config: dict[str, Any]) -> str:
+    """Progress group of a trial: its regime in the search, ``<regime>/confirm`` in the confirmation."""
+    return config["regime"] if config.get("phase", "search") == "search" else f"{config['regime']}/confirm"
 
 
 class Progress:
-    """Trials done / running / pending per regime and the best validation accuracy so far."""
+    """Trials done / running / pending per group (regime, phase) and the best search result so far."""
 
-    def __init__(self, regimes: tuple[str, ...], num_samples: int, out: TextIO = sys.stdout):
-        self.regimes, self.num_samples, self.out = regimes, num_samples, out
-        self.started: dict[str, set[str]] = {r: set() for r in regimes}
-        self.finished: dict[str, set[str]] = {r: set() for r in regimes}
+    def __init__(self, totals: dict[str, int], out: TextIO = sys.stdout):
+        self.totals, self.out = dict(totals), out
+        self.started: dict[str, set[str]] = {}
+        self.finished: dict[str, set[str]] = {}
         self.best: dict[str, tuple[float, float]] = {}
         self.t0 = time.time()
 
@@ -43,19 +49,20 @@ class Progress:
             return
         self.last_line = time.time()
         running = len(self.started.get(regime, set()) - self.finished.get(regime, set()))
-        print(f"[{time.time() - self.t0:6.0f}s] {regime} {len(self.finished.get(regime, ()))}/{self.num_samples} "
+        print(f"[{time.time() - self.t0:6.0f}s] {regime} {len(self.finished.get(regime, ()))}/{self.totals.get(regime, 0)} "
               f"done, {running} running ...", file=self.out, flush=True)
 
     def finish(self, record: dict[str, Any]) -> None:
-        regime = record["regime"]
+        regime = label(record)
         self.started.setdefault(regime, set()).add(record["trial_id"])
         self.finished.setdefault(regime, set()).add(record["trial_id"])
         val = record.get("val_acc")
-        if val is not None and not math.isnan(val) and (regime not in self.best or val > self.best[regime][0]):
+        if (record.get("phase", "search") == "search" and val is not None and not math.isnan(val)
+                and (regime not in self.best or val > self.best[regime][0])):
             self.best[regime] = (val, record["lr"])
         done = len(self.finished[regime])
         running = len(self.started[regime] - self.finished[regime])
-        pending = max(0, self.num_samples - len(self.started[regime]))
+        pending = max(0, self.totals.get(regime, 0) - len(self.started[regime]))
         if record.get("status") == "error":
             what = f"ERROR {record.get('error', '')[:80]}"
         else:
@@ -64,14 +71,19 @@ class Progress:
                     + (f" DIVERGED ({record.get('diverged_phase')})" if record.get("diverged") else ""))
         best = ", ".join(f"{r} {v:.4f}@{lr:.3g}" for r, (v, lr) in self.best.items())
         self.last_line = time.time()
-        print(f"[{time.time() - self.t0:6.0f}s] {regime} {done}/{self.num_samples} done, {running} running, "
-              f"{pending} pending | lr {record.get('lr', float('nan')):.3g}: {what} | best val: {best}",
+        where = f"lr {record.get('lr', float('nan')):.3g}"
+        if record.get("condition"):
+            where += f" {record['condition']} seed {record.get('seed')}"
+            if record.get("prune_round") != record.get("pipeline", {}).get("rounds", record.get("prune_round")):
+                where += f" round {record['prune_round']}"
+        print(f"[{time.time() - self.t0:6.0f}s] {regime} {done}/{self.totals.get(regime, 0)} done, {running} running, "
+              f"{pending} pending | {where}: {what} | best val: {best}",
               file=self.out, flush=True)
 
 
 class StudyCallback(tune.Callback):
     def __init__(self, study: str, study_dir: Path, study_hash: str, tracker: MlflowTracker,
-                 progress: Progress, trial_params: dict[str, Any], optuna_study: str):
+                 progress: Progress, trial_params: dict[str, Any], optuna_study: str | None = None):
         self.study, self.study_dir, self.study_hash = study, Path(study_dir), study_hash
         self.tracker, self.progress, self.trial_params = tracker, progress, trial_params
         self.optuna_study = optuna_study
@@ -80,35 +92,39 @@ class StudyCallback(tune.Callback):
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.runs:
-            c = trial.config
+            c = trial_spec(trial.config)
             params = {"regime": c["regime"], "lr": c["lr"], "log10_lr": math.log10(c["lr"]), "seed": c["seed"],
-                      "phase": c.get("phase", "search"), "optuna_trial": c.get("optuna_trial"),
-                      "optuna_study": self.optuna_study, **self.trial_params}
+                      "phase": c.get("phase", "search"), **self.trial_params}
+            if c.get("phase", "search") == "search":
+                params.update(optuna_trial=c.get("optuna_trial"), optuna_study=self.optuna_study)
+            else:
+                params.update(condition=c.get("condition"), prune_round=c.get("prune_round"))
             self.runs[trial.trial_id] = self.tracker.start_child(
-                self.study, trial.trial_id, c["regime"], c.get("phase", "search"), params)
+                self.study, trial.trial_id, c["regime"], c.get("phase", "search"), params, c.get("condition"))
         return self.runs[trial.trial_id]
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        if trials:
-            self.progress.heartbeat(trials[0].config["regime"])
+        running = [t for t in trials if t.status == "RUNNING"]
+        if running:
+            self.progress.heartbeat(label(trial_spec(running[0].config)))
 
-    def finished_count(self, regime: str) -> int:
-        return sum(1 for r in self.records.values() if r["regime"] == regime)
+    def finished_count(self, regime: str, phase: str = "search") -> int:
+        return sum(1 for r in self.records.values() if r["regime"] == regime and r.get("phase", "search") == phase)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.progress.start(trial.config["regime"], trial.trial_id)
+        self.progress.start(label(trial_spec(trial.config)), trial.trial_id)
         self._run_id(trial)
 
     def _record_path(self, trial) -> Path:
         return self.study_dir / "records" / f"{trial.trial_id}.json"
 
     def _finalise(self, trial, record: dict[str, Any]) -> dict[str, Any]:
-        c = trial.config
+        c = trial_spec(trial.config)
+        search = c.get("phase", "search") == "search"
         record.update(
-            mlflow_run_id=self._run_id(trial), optuna_study=self.optuna_study,
+            mlflow_run_id=self._run_id(trial), optuna_study=self.optuna_study if search else None,
             optuna_trial=c.get("optuna_trial"), study_hash=self.study_hash,
-            trial_hash=spec_hash({"study": self.study_hash, "regime": c["regime"], "lr": c["lr"],
-                                  "seed": c["seed"], "phase": c.get("phase", "search")}))
+            trial_hash=spec_hash({"study": self.study_hash, **{k: v for k, v in c.items() if k != "optuna_trial"}}))
         path = self._record_path(trial)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp-driver")
@@ -129,9 +145,10 @@ class StudyCallback(tune.Callback):
         self.tracker.finish_child(record["mlflow_run_id"], record)
 
     def _error(self, trial, message: str) -> None:
-        c = trial.config
+        c = trial_spec(trial.config)
         record = {"study": self.study, "trial_id": trial.trial_id, "regime": c["regime"],
-                  "phase": c.get("phase", "search"), "lr": c["lr"], "seed": c["seed"], "status": "error",
+                  "phase": c.get("phase", "search"), "condition": c.get("condition"),
+                  "prune_round": c.get("prune_round"), "lr": c["lr"], "seed": c["seed"], "status": "error",
                   "error": message, "diverged": False, "finished_at": time.time()}
         self._finalise(trial, record)
         self.tracker.fail_child(record["mlflow_run_id"], message)

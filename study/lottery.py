@@ -33,6 +33,7 @@ def write_study_json(opts: StudyOptions, study_hash: str) -> None:
             "execution": {k: getattr(opts.args, k) for k in ("address", "num_cpus", "cpus_per_trial",
                                                              "gpus_per_trial", "max_concurrent", "max_failures", "checkpoint_every",
                                                              "mlflow_uri", "data_dir")},
+            "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts.args).items()},
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
             "created_at": time.time()}
     (opts.study_dir / "study.json").write_text(json.dumps(info, indent=1, default=str))
@@ -79,25 +80,32 @@ def optuna_study_name(study: str, regime: str) -> str:
     return f"{study}.{regime}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse(argv)  # every flag checked; nothing written yet
+def run_study(opts: StudyOptions, search: bool = True) -> int:
+    """The search (unless ``search`` is False: a finished study's confirmation only), the
+    confirmation (unless ``--no-confirm``), the tables, the report and the summary."""
     a = opts.args
     t0 = time.time()
     quiet_ray_env()
     study_dir = opts.study_dir
-    study_hash = config_hash(opts)
-    study_dir.mkdir(parents=True)
-    write_study_json(opts, study_hash)
-    print(f"Study {a.name}: regimes {', '.join(opts.regimes)}, {a.num_samples} trials each, "
-          f"LR {a.lr_min:g}..{a.lr_max:g}" + (f" on {a.lr_grid} points per decade" if a.lr_grid else " (continuous)")
-          + f"\nfolder {study_dir}", flush=True)
+    if search:
+        study_hash = config_hash(opts)
+        study_dir.mkdir(parents=True)
+        write_study_json(opts, study_hash)
+        print(f"Study {a.name}: regimes {', '.join(opts.regimes)}, {a.num_samples} trials each, "
+              f"LR {a.lr_min:g}..{a.lr_max:g}" + (f" on {a.lr_grid} points per decade" if a.lr_grid else " (continuous)")
+              + f"\nfolder {study_dir}", flush=True)
+    else:
+        study_hash = json.loads((study_dir / "study.json").read_text())["study_hash"]
+        print(f"Study {a.name}: confirmation of the finished search in {study_dir}", flush=True)
 
     from trainables.data import load_splits
     load_splits(a.dataset, a.data_dir, a.data_seed, a.val_fraction, a.data_seed)  # generate/cache once, here
 
+    from analysis.report import build_report
     from analysis.summary import best_per_regime, format_summary, read_tables
     from analysis.tables import write_tables
     from study.callbacks import Progress, StudyCallback
+    from study.confirm import run_confirmation
     from study.runtime import start_ray
     from study.tracking import MlflowTracker
     from trainables.trainable import TrialContext
@@ -114,15 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once", flush=True)
     ctx = TrialContext(a.name, str(study_dir), opts.pipeline, a.cpus_per_trial, a.gpus_per_trial,
                        a.checkpoint_every)
-    progress = Progress(opts.regimes, a.num_samples)
     status = "FAILED"
     try:
-        for regime in opts.regimes:
-            print(f"--- {regime}: {a.num_samples} trials", flush=True)
-            cb = StudyCallback(a.name, study_dir, study_hash, tracker, progress, trial_params(opts),
-                               optuna_study_name(a.name, regime))
-            run_regime(opts, regime, ctx, cb, concurrency)
-            if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
+        if search:
+            progress = Progress({r: a.num_samples for r in opts.regimes})
+            for regime in opts.regimes:
+                print(f"--- {regime}: {a.num_samples} trials", flush=True)
+                cb = StudyCallback(a.name, study_dir, study_hash, tracker, progress, trial_params(opts),
+                                   optuna_study_name(a.name, regime))
+                run_regime(opts, regime, ctx, cb, concurrency)
+                if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
+                    raise KeyboardInterrupt
+        if not a.no_confirm:
+            write_tables(study_dir)
+            if not run_confirmation(opts, ctx, tracker, study_hash, trial_params(opts), concurrency):
                 raise KeyboardInterrupt
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -132,17 +145,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray.shutdown()
         write_tables(study_dir)
         trials, epochs = read_tables(study_dir)
-        summary = format_summary(trials, epochs, time.time() - t0)
+        report = build_report(study_dir, a.equivalence_margin)
+        summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"])
         (study_dir / "summary.txt").write_text(summary + "\n")
-        best = best_per_regime(trials)
+        best = best_per_regime(trials[trials["phase"] == "search"])
         metrics = {f"{r['regime']}/{k}": float(r[k]) for _, r in best.iterrows()
                    for k in ("best_lr", "best_val_acc", "test_acc") if not math.isnan(r[k])}
-        tracker.finish_parent(metrics, [study_dir / "summary.txt", study_dir / "study.json",
-                                        study_dir / "results" / "trials.parquet",
-                                        study_dir / "results" / "epochs.parquet"], status)
+        files = [(study_dir / "summary.txt", None), (study_dir / "study.json", None),
+                 (study_dir / "results" / "trials.parquet", "results"),
+                 (study_dir / "results" / "epochs.parquet", "results"),
+                 (report["markdown"], "report"), (report["html"], "report"),
+                 *((f, "report/figures") for f in report["figures"])]
+        tracker.finish_parent(metrics, files, status)
     print(summary)
-    print(f"\nResults: {study_dir / 'results'}  |  MLflow UI: mlflow ui --backend-store-uri {uri}")
+    print(f"\nResults: {study_dir / 'results'}  |  report: {report['html']}"
+          f"\nMLflow UI: mlflow ui --backend-store-uri {uri}")
     return 0 if status == "FINISHED" else 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_study(parse(argv))  # every flag is checked before anything is written
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--startup-trials", type=int, default=10, help="random trials before TPE models (per regime)")
     s.add_argument("--seed", type=int, default=0,
                    help="seed of theta_0, data order, re-init draws (derived) and the TPE sampler")
+    c = p.add_argument_group("confirmation (fresh seeds at each regime's best LR, and at two fixed LRs)")
+    add_confirm_flags(c)
+    c.add_argument("--no-confirm", action="store_true",
+                   help="skip the confirmation (run it later with python -m study.confirm <study folder>)")
     d = p.add_argument_group("data and model")
     d.add_argument("--dataset", default="mnist1d", help=f"one of: {', '.join(DATASETS)}")
     d.add_argument("--data-dir", default=None, help="data cache folder (default: $XDG_CACHE_HOME/prune-platform/data, else ~/.cache/prune-platform/data)")
@@ -127,6 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_confirm_flags(g) -> None:
+    """Flags shared by ``study.lottery`` and ``study.confirm``."""
+    g.add_argument("--confirm-seeds", type=int, default=5, help="fresh seeds per regime and condition")
+    g.add_argument("--fixed-small-lr", type=float, default=0.01,
+                   help="the paper's contrast: every regime also at this small fixed LR")
+    g.add_argument("--fixed-large-lr", type=float, default=0.3, help="... and at this large fixed LR")
+    g.add_argument("--equivalence-margin", type=float, default=1.0,
+                   help="equivalence margin of the winning ticket's advantage, in accuracy points")
+    g.add_argument("--no-sweep", action="store_true",
+                   help="skip the sparsity sweep (both regimes at every IMP round's mask, at the tuned LR)")
+
+
+def check_confirm_flags(a: argparse.Namespace) -> None:
+    _check(a.confirm_seeds >= 1, "--confirm-seeds", f"must be >= 1 (got {a.confirm_seeds})")
+    _check(a.fixed_small_lr > 0, "--fixed-small-lr", f"must be > 0 (got {a.fixed_small_lr:g})")
+    _check(a.fixed_large_lr > a.fixed_small_lr, "--fixed-large-lr",
+           f"must be greater than --fixed-small-lr (got {a.fixed_large_lr:g} <= {a.fixed_small_lr:g})")
+    _check(0 < a.equivalence_margin < 100, "--equivalence-margin",
+           f"must be in (0, 100) accuracy points (got {a.equivalence_margin:g})")
+
+
 @dataclass(frozen=True)
 class StudyOptions:
     args: argparse.Namespace
@@ -154,6 +179,7 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     except ValueError as e:
         raise BadFlag("--lr-grid", f"is too coarse: {e}") from None
     _check(a.startup_trials >= 1, "--startup-trials", f"must be >= 1 (got {a.startup_trials})")
+    check_confirm_flags(a)
     _check(a.dataset in DATASETS, "--dataset", f"must be one of {', '.join(DATASETS)} (got {a.dataset!r})")
     _check(0 < a.val_fraction < 1, "--val-fraction", f"must be in (0, 1) (got {a.val_fraction:g})")
     _check(a.model in MODELS, "--model", f"must be one of {', '.join(MODELS)} (got {a.model!r})")
@@ -220,12 +246,28 @@ def search_config(opts: StudyOptions) -> dict[str, Any]:
     a = opts.args
     return {"pipeline": {k: v for k, v in opts.pipeline.as_dict().items() if k != "data_dir"},
             "regimes": list(opts.regimes), "num_samples": a.num_samples, "lr_min": a.lr_min,
-            "lr_max": a.lr_max, "lr_grid": a.lr_grid, "startup_trials": a.startup_trials, "seed": a.seed}
+            "lr_max": a.lr_max, "lr_grid": a.lr_grid, "startup_trials": a.startup_trials, "seed": a.seed,
+            "confirm": None if a.no_confirm else {"seeds": a.confirm_seeds, "fixed_small_lr": a.fixed_small_lr,
+                                                  "fixed_large_lr": a.fixed_large_lr, "sweep": not a.no_sweep}}
 
 
 def config_hash(opts: StudyOptions) -> str:
     from trainables.artifacts import spec_hash
     return spec_hash(search_config(opts))
+
+
+def options_from_study(study_dir: Path) -> StudyOptions:
+    """The options a study ran with, from its ``study.json`` (for work on a finished study)."""
+    import json
+    info = json.loads((study_dir / "study.json").read_text())
+    a = argparse.Namespace(**info["args"])
+    for key in ("regimes", "widths", "prune_layers"):
+        if getattr(a, key) is not None:
+            setattr(a, key, tuple(getattr(a, key)))
+    pipe = dict(info["config"]["pipeline"], data_dir=a.data_dir)
+    for key in ("widths", "prune_layers"):
+        pipe[key] = tuple(pipe[key]) if pipe[key] else None
+    return StudyOptions(a, PipelineConfig(**pipe), LrSpace(a.lr_min, a.lr_max, a.lr_grid), tuple(a.regimes))
 
 
 def parse(argv: Sequence[str] | None = None) -> StudyOptions:

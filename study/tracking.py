@@ -55,13 +55,17 @@ class MlflowTracker:
         self.parent_id = run_id
         return run_id
 
-    def start_child(self, study: str, trial_id: str, regime: str, phase: str, params: dict[str, Any]) -> str:
+    def start_child(self, study: str, trial_id: str, regime: str, phase: str, params: dict[str, Any],
+                    condition: str | None = None) -> str:
         run_id = self.find_run(trial_id=trial_id)
         if run_id is not None:
             return run_id
         name = f"{regime} lr={params['lr']:.3g} seed={params['seed']}"
         tags = {"mlflow.parentRunId": self.parent_id or "", "study": study, "regime": regime,
                 "phase": phase, "trial_id": trial_id}
+        if condition:
+            tags["condition"] = condition
+            name += f" {condition}" + (f" round={params['prune_round']}" if params.get("prune_round") else "")
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat("", params).items()])
         return run.info.run_id
@@ -96,13 +100,15 @@ class MlflowTracker:
         self.client.set_tag(run_id, "status", "error")
         self.client.set_terminated(run_id, "FAILED")
 
-    def finish_parent(self, metrics: dict[str, float], files: Iterable[Path], status: str = "FINISHED") -> None:
+    def finish_parent(self, metrics: dict[str, float], files: Iterable[tuple[Path, str | None]],
+                      status: str = "FINISHED") -> None:
+        """Summary metrics, and files as artifacts: (path, artifact folder or None for the root)."""
         if self.parent_id is None:
             return
         self.log_metrics(self.parent_id, [(k, v, 0) for k, v in metrics.items() if not _isnan(v)])
-        for f in files:
+        for f, folder in files:
             if Path(f).exists():
-                self.client.log_artifact(self.parent_id, str(f))
+                self.client.log_artifact(self.parent_id, str(f), folder)
         self.client.set_terminated(self.parent_id, status)
 
 

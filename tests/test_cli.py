@@ -57,8 +57,11 @@ def test_bad_flag_through_the_real_command(tmp_path, ray_env):
     assert not (tmp_path / "s").exists()
 
 
-N = 3
+N = 3  # search trials per regime
+K = 2  # confirmation seeds
 REGIMES = ("winning_ticket", "random_reinit", "late_rewind")
+# confirmation: every regime x 3 conditions x K seeds, plus the sweep (round 1 of 2) for two regimes
+N_CONFIRM = len(REGIMES) * 3 * K + 2 * 1 * K
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,8 @@ def finished_study(tmp_path_factory, data_dir):
            "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
     args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "2", "--rounds", "2",
             "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
-            "--root", str(tmp / "studies"), "--name", "tiny", "--data-dir", data_dir, "--num-cpus", "2"]
+            "--root", str(tmp / "studies"), "--name", "tiny", "--data-dir", data_dir, "--num-cpus", "2",
+            "--confirm-seeds", str(K)]
     r = run_cli(args, env)
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
     shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -87,20 +91,55 @@ def finished_study(tmp_path_factory, data_dir):
 
 def test_summary_is_printed(finished_study):
     _, out = finished_study
-    assert "Each regime at its own best learning rate" in out
+    assert out.index("Verdicts") < out.index("Search: each regime at its own best learning rate")
+    for condition in ("tuned", "fixed_small", "fixed_large"):
+        assert condition in out.split("Verdicts")[1].split("Search:")[0]
     assert "Winning ticket's test-accuracy advantage over random re-init" in out
     for regime in REGIMES:
         assert f"{regime} {N}/{N} done" in out  # the progress view
     assert "Artifact sharing" in out
 
 
+def test_confirmation_rows(finished_study):
+    study_dir, _ = finished_study
+    trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
+    conf = trials[trials.phase == "confirm"]
+    assert len(conf) == N_CONFIRM and set(conf["status"]) == {"completed"}
+    search = trials[trials.phase == "search"]
+    assert not set(conf["seed"]) & set(search["seed"])  # fresh seeds the search never saw
+    for regime in REGIMES:
+        s = search[search.regime == regime]
+        best_lr = s.loc[s["val_acc"].idxmax(), "lr"]
+        tuned = conf[(conf.regime == regime) & (conf.condition == "tuned")]
+        assert (tuned["lr"] == best_lr).all()
+        for cond, lr in (("fixed_small", 0.01), ("fixed_large", 0.3)):
+            rows = conf[(conf.regime == regime) & (conf.condition == cond)]
+            assert len(rows) == K and (rows["lr"] == lr).all()
+    sweep = conf[conf.prune_round < conf.rounds]
+    assert set(sweep["regime"]) == {"winning_ticket", "random_reinit"} and set(sweep["condition"]) == {"tuned"}
+    assert (sweep["achieved_sparsity"] < conf[conf.prune_round == conf.rounds]["achieved_sparsity"].min()).all()
+    # paired design: at a fixed LR the two regimes of a seed share one mask
+    fixed = conf[conf.condition == "fixed_small"].pivot(index="seed", columns="regime", values="mask_artifact")
+    assert (fixed["winning_ticket"] == fixed["random_reinit"]).all()
+
+
+def test_report_is_built(finished_study):
+    study_dir, _ = finished_study
+    md = (study_dir / "report" / "report.md").read_text()
+    assert "verdict" in md.lower() and (study_dir / "report" / "report.html").stat().st_size > 0
+    figures = list((study_dir / "report" / "figures").glob("*.png"))
+    assert len(figures) >= 4 and all(f.stat().st_size > 0 for f in figures)
+
+
 def test_parquet_tables(finished_study):
     study_dir, _ = finished_study
     trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
     epochs = pq.read_table(study_dir / "results" / "epochs.parquet").to_pandas()
-    assert len(trials) == N * len(REGIMES) and trials["trial_id"].is_unique
+    assert len(trials) == N * len(REGIMES) + N_CONFIRM and trials["trial_id"].is_unique
+    trials = trials[trials.phase == "search"]
+    epochs = epochs[epochs.phase == "search"]
     assert sorted(trials["regime"].unique()) == sorted(REGIMES)
-    assert set(trials["status"]) == {"completed"} and set(trials["phase"]) == {"search"}
+    assert set(trials["status"]) == {"completed"}
     assert (trials["achieved_sparsity"] - 0.8).abs().max() < 1e-3
     assert trials[["val_acc", "test_acc", "wall_seconds"]].notna().all().all()
     assert trials["mask_artifact"].notna().all() and trials["mlflow_run_id"].notna().all()
@@ -130,7 +169,9 @@ def test_mlflow_runs(finished_study):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("phase") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(parents) == 1 and len(children) == N * len(REGIMES)
+    assert len(parents) == 1 and len(children) == N * len(REGIMES) + N_CONFIRM
+    confirm = [c for c in children if c.data.tags["phase"] == "confirm"]
+    assert len(confirm) == N_CONFIRM and {c.data.tags["condition"] for c in confirm} == {"tuned", "fixed_small", "fixed_large"}
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
@@ -142,7 +183,11 @@ def test_mlflow_runs(finished_study):
         assert sorted(m.step for m in hist) == [1, 2]
         assert c.info.run_name.startswith(c.data.tags["regime"] + " lr=")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"trials.parquet", "epochs.parquet", "summary.txt"} <= artifacts
+    assert {"results", "report", "summary.txt", "study.json"} <= artifacts
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/figures"} <= report
+    assert {"results/trials.parquet", "results/epochs.parquet"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "results")}
 
 
 def test_optuna_storage(finished_study):
@@ -156,7 +201,7 @@ def test_optuna_storage(finished_study):
         study = optuna.load_study(study_name=f"tiny.{regime}", storage=storage)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(done) == N
-        rows = trials[trials.regime == regime].set_index("optuna_trial")
+        rows = trials[(trials.regime == regime) & (trials.phase == "search")].set_index("optuna_trial")
         for t in done:
             assert t.value == pytest.approx(rows.loc[t.number, "val_acc"])
             assert 10 ** t.params["log10_lr"] == pytest.approx(rows.loc[t.number, "lr"])
@@ -165,7 +210,7 @@ def test_optuna_storage(finished_study):
 def test_a_diverging_study_goes_on(tmp_path, ray_env, data_dir):
     r = run_cli(["--num-samples", "2", "--regimes", "winning_ticket", "--epochs", "1", "--rounds", "1",
                  "--lr-min", "1000", "--lr-max", "10000", "--lr-grid", "1", "--root", str(tmp_path / "s"),
-                 "--name", "div", "--data-dir", data_dir, "--num-cpus", "2"], ray_env)
+                 "--name", "div", "--data-dir", data_dir, "--num-cpus", "2", "--no-confirm"], ray_env)
     assert r.returncode == 0, r.stderr[-3000:]
     trials = pq.read_table(tmp_path / "s" / "div" / "results" / "trials.parquet").to_pandas()
     assert len(trials) == 2 and trials["diverged"].all() and set(trials["status"]) == {"completed"}
@@ -232,3 +277,30 @@ def test_readme_optuna_dashboard_command_serves_the_study(finished_study, tmp_pa
     body = _serve_and_get([exe, f"sqlite:///{study_dir / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
                           f"http://127.0.0.1:{port}/api/studies", tmp_path)
     assert {s["study_name"] for s in body["study_summaries"]} == {f"tiny.{r}" for r in REGIMES}
+
+
+def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    common = ["--epochs", "1", "--rounds", "1", "--lr-min", "0.01", "--lr-max", "0.3", "--lr-grid", "2",
+              "--root", str(tmp_path / "s"), "--name", "later", "--data-dir", data_dir, "--num-cpus", "2"]
+    r = run_cli(["--num-samples", "2", "--no-confirm", *common], ray_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Verdicts" not in r.stdout
+    study = tmp_path / "s" / "later"
+
+    def confirm(*args):
+        return subprocess.run([sys.executable, "-m", "study.confirm", *args], cwd=ROOT, env=ray_env,
+                              capture_output=True, text=True, timeout=600)
+    bad = confirm(str(tmp_path))  # not a study folder
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "study_dir" in bad.stderr
+    bad = confirm(str(study), "--confirm-seeds", "0")
+    assert bad.returncode == 2 and "--confirm-seeds" in bad.stderr
+    ok = confirm(str(study), "--confirm-seeds", "2", "--no-sweep")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "Verdicts" in ok.stdout
+    trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
+    assert (trials.phase == "search").sum() == 4 and (trials.phase == "confirm").sum() == 2 * 3 * 2
+    again = confirm(str(study))
+    assert again.returncode == 2 and "already" in again.stderr

@@ -1,6 +1,6 @@
 """Retraining regimes: where the final sparse network's weights start.  One entry per regime.
 
-A regime turns (pipeline, trial LR, trial seed) into a ``Start``: the initial weights, the mask,
+A regime turns (pipeline, trial LR, trial seed[, IMP round]) into a ``Start``: the initial weights, the mask,
 the artifacts it came from and the training phases that produced them.  Adding a regime is one
 function plus one ``REGIMES`` entry.
 """
@@ -29,43 +29,47 @@ class Start:
         return sparsity(self.masks) if self.masks else (0.0, {})
 
 
-def _from_imp(imp: ImpResult, weights_from, seeds: dict[str, int] | None = None) -> Start:
+def _from_imp(imp: ImpResult, weights_from, seeds: dict[str, int] | None, prune_round: int) -> Start:
+    """The start point on the mask of IMP round ``prune_round``; none if IMP diverged before it."""
     arts = {"init": imp.theta0.name, "pretrained": imp.pretrained.name}
-    if imp.diverged or imp.final_mask is None:
+    r = prune_round
+    if r < 1 or r > len(imp.masks):
         return Start(None, None, imp.phases, arts, seeds or {}, diverged_phase=imp.phases[-1].name)
-    arts["mask"] = imp.final_mask.name
+    mask = imp.masks[r - 1]
+    arts["mask"] = mask.name
     arts["rewind"] = imp.rewind.name
     weights, extra = weights_from(imp)
     arts.update(extra)
-    return Start(weights, imp.final_mask.tensors(), imp.phases, arts, seeds or {})
+    # the phases that led to this mask: pretraining and the rounds before r
+    return Start(weights, mask.tensors(), imp.phases[:r], arts, seeds or {})
 
 
-def winning_ticket(p: Pipeline, lr: float, seed: int) -> Start:
+def winning_ticket(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
     """theta_0 * m: the survivors reset to their original initial values."""
-    return _from_imp(p.imp(lr, seed), lambda imp: (imp.theta0.tensors(), {}))
+    return _from_imp(p.imp(lr, seed), lambda imp: (imp.theta0.tensors(), {}), None, prune_round or p.cfg.rounds)
 
 
-def random_reinit(p: Pipeline, lr: float, seed: int) -> Start:
+def random_reinit(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
     """A fresh seeded draw from the same initialiser, same mask as the winning ticket."""
     reinit_seed = derive_seed(seed, "random_reinit")
 
     def weights(imp: ImpResult):
         art = p.init(reinit_seed)
         return art.tensors(), {"reinit": art.name}
-    return _from_imp(p.imp(lr, seed), weights, {"reinit_seed": reinit_seed})
+    return _from_imp(p.imp(lr, seed), weights, {"reinit_seed": reinit_seed}, prune_round or p.cfg.rounds)
 
 
-def late_rewind(p: Pipeline, lr: float, seed: int) -> Start:
+def late_rewind(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
     """theta_k * m, with IMP itself rewinding to epoch k (Frankle et al., 2019)."""
     k = p.cfg.rewind_epoch
     return _from_imp(p.imp(lr, seed, rewind_epoch=k), lambda imp: (imp.rewind.tensors(), {}),
-                     {"rewind_epoch": k})
+                     {"rewind_epoch": k}, prune_round or p.cfg.rounds)
 
 
 @dataclass(frozen=True)
 class Regime:
     name: str
-    start: Callable[[Pipeline, float, int], Start]
+    start: Callable[..., Start]  # (pipeline, lr, seed, prune_round=None) -> Start
     description: str
 
 

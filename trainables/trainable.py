@@ -46,6 +46,12 @@ class TrialContext:
         return Path(self.study_dir) / "records"
 
 
+def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's settings: a search trial's config itself; a confirmation trial's ``spec`` entry
+    (confirmation trials come from ``tune.grid_search`` over a list of such dicts)."""
+    return config["spec"] if "spec" in config else config
+
+
 def _device(ctx: TrialContext) -> torch.device:
     return torch.device("cuda" if ctx.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
@@ -72,14 +78,16 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     """
     started = time.time()
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    config = trial_spec(config)
     regime = REGIMES[config["regime"]]
     lr, seed = float(config["lr"]), int(config["seed"])
+    prune_round = int(config.get("prune_round") or ctx.pipeline.rounds)
     pipe = Pipeline(ctx.pipeline, ArtifactStore(ctx.artifact_root), _device(ctx))
-    start = regime.start(pipe, lr, seed)
+    start = regime.start(pipe, lr, seed, prune_round)
     overall, per_layer = start.sparsity
     record: dict[str, Any] = {
         "study": ctx.study, "trial_id": trial_id, "regime": regime.name, "phase": config.get("phase", "search"),
-        "lr": lr, "seed": seed, "config": {k: v for k, v in config.items()}, "seeds": start.seeds,
+        "condition": config.get("condition"), "prune_round": prune_round, "lr": lr, "seed": seed, "config": {k: v for k, v in config.items()}, "seeds": start.seeds,
         "artifacts": start.artifacts, "achieved_sparsity": overall, "layer_sparsity": per_layer,
         "pipeline": ctx.pipeline.as_dict(),
         "phases": [asdict(p) for p in start.phases], "history": [], "diverged": False,

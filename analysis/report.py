@@ -1,0 +1,264 @@
+"""The study report, rebuilt from the Parquet tables alone.
+
+``python -m analysis.report <study-folder> [--equivalence-margin POINTS]`` writes
+``<study>/report/report.md``, ``<study>/report/report.html`` (self-contained: inline CSS, figures as
+base64 PNG) and the figures in ``<study>/report/figures/``.  The verdicts come first.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures
+from analysis.stats import DEFAULT_MARGIN_POINTS, compare_regimes, summarize
+from analysis.summary import best_per_regime
+
+A, B = "winning_ticket", "random_reinit"
+CAPTIONS = {
+    "lr_curve": "LR search: validation and test accuracy of every search trial against its LR "
+                "(x: diverged; star and dashed line: each regime's best LR on validation).",
+    "confirmed": "Confirmation: test accuracy per condition and regime, mean and 95% t interval over fresh "
+                 "seeds; dots are single seeds.",
+    "learning_curves": "Learning curves of the confirmation runs (final training): mean over seeds, band from "
+                       "min to max.",
+    "sparsity": "Test accuracy against weights remaining along the IMP rounds, condition tuned: mean and 95% "
+                "t interval over seeds.",
+}
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+       "line-height:1.45}table{border-collapse:collapse;margin:.6em 0 1.4em}th,td{border:1px solid #ccc;"
+       "padding:.25em .6em;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+       "img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:.9em}"
+       "ul.verdicts li{margin:.4em 0}code{background:#f5f5f5;padding:0 .2em}")
+
+
+class ReportError(ValueError):
+    """Bad input: the message names the problem."""
+
+
+# formatting ---------------------------------------------------------------------------------------
+def _num(x, fmt: str = ".4f") -> str:
+    try:
+        return "-" if x is None or not math.isfinite(float(x)) else format(float(x), fmt)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _lr(x) -> str:
+    return _num(x, ".3g")
+
+
+def _p(x) -> str:
+    return _num(x, ".3g") if x is None or not math.isfinite(float(x)) or float(x) >= 0.001 else "<0.001"
+
+
+def _pts(x) -> str:
+    return _num(None if x is None else 100 * float(x), "+.2f")
+
+
+def _ci(lo, hi, f=_num) -> str:
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def verdict_lines(comparisons: pd.DataFrame) -> list[str]:
+    """One plain-language line per condition: the condition, the LRs, the verdict and its sentence."""
+    lines = []
+    if comparisons is None or not len(comparisons):
+        return lines
+    for _, r in comparisons.iterrows():
+        a, b = r.get("a", A), r.get("b", B)
+        lines.append(f"{r['condition']}: {figures.label(a)} at LR {_lr(r['lr_a'])} vs {figures.label(b)} at LR "
+                     f"{_lr(r['lr_b'])} -> verdict: {r['verdict']}. {r['sentence']}")
+    return lines
+
+
+# blocks: ("h1"|"h2"|"p", text) | ("ul", [items]) | ("table", headers, rows) | ("fig", name) --------
+def _md(blocks) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "h1":
+            out.append(f"# {b[1]}")
+        elif b[0] == "h2":
+            out.append(f"## {b[1]}")
+        elif b[0] == "p":
+            out.append(b[1])
+        elif b[0] == "ul":
+            out.append("\n".join(f"- {i}" for i in b[1]))
+        elif b[0] == "table":
+            rows = [b[1], ["---"] * len(b[1]), *b[2]]
+            out.append("\n".join("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows))
+        elif b[0] == "fig":
+            out.append(f"![{b[1]}](figures/{b[1]}.png)\n\n*{CAPTIONS[b[1]]}* (also `figures/{b[1]}.svg`)")
+    return "\n\n".join(out) + "\n"
+
+
+def _html(blocks, title: str, fig_dir: Path) -> str:
+    out = []
+    for b in blocks:
+        if b[0] in ("h1", "h2", "p"):
+            out.append(f"<{b[0]}>{html.escape(b[1])}</{b[0]}>")
+        elif b[0] == "ul":
+            cls = ' class="verdicts"' if b[1] and "verdict:" in b[1][0] else ""
+            out.append(f"<ul{cls}>" + "".join(f"<li>{html.escape(i)}</li>" for i in b[1]) + "</ul>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b[1])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b[0] == "fig":
+            data = base64.b64encode((fig_dir / f"{b[1]}.png").read_bytes()).decode("ascii")
+            out.append(f'<figure><img alt="{b[1]}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{html.escape(CAPTIONS[b[1]])}</figcaption></figure>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# the report ---------------------------------------------------------------------------------------
+def read_inputs(study_dir) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    study = Path(study_dir)
+    if not study.is_dir():
+        raise ReportError(f"study folder not found: {study}")
+    frames = []
+    for name in ("trials", "epochs"):
+        path = study / "results" / f"{name}.parquet"
+        if not path.is_file():
+            raise ReportError(f"table missing: {path}")
+        try:
+            frames.append(pd.read_parquet(path))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+            raise ReportError(f"cannot read {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    need = {"trials": {"phase", "condition", "regime", "lr", "status", "val_acc", "test_acc", "diverged",
+                       "rounds", "prune_round", "trial_id"},
+            "epochs": {"trial_id", "condition", "regime", "stage", "epoch", "test_acc", "train_loss"}}
+    for (name, cols), df in zip(need.items(), frames):
+        if missing := sorted(cols - set(df.columns)):
+            raise ReportError(f"{study / 'results' / (name + '.parquet')} lacks columns: {', '.join(missing)}")
+    return study, frames[0], frames[1]
+
+
+def comparisons(confirm: pd.DataFrame, margin_points: float) -> pd.DataFrame:
+    """Winning ticket vs random re-init (and late rewind vs random re-init where it ran), per condition."""
+    regs = set(confirm["regime"])
+    frames = []
+    for a in (A, "late_rewind"):
+        if a in regs and B in regs:
+            df = compare_regimes(confirm, a=a, b=B, margin_points=margin_points)
+            frames.append(df.assign(a=a, b=B))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS) -> dict:
+    """Rebuild ``<study>/report/``; return {"markdown", "html", "figures", "skipped", "verdicts",
+    "verdict_lines", "summary", "search"}.  Raises ReportError on bad input, before writing anything."""
+    try:
+        margin_points = float(margin_points)
+    except (TypeError, ValueError):
+        raise ReportError(f"--equivalence-margin must be a number of accuracy points > 0, got {margin_points!r}")
+    if not math.isfinite(margin_points) or margin_points <= 0:
+        raise ReportError(f"--equivalence-margin must be a number of accuracy points > 0, got {margin_points}")
+    study, trials, epochs = read_inputs(study_dir)
+    name = next(iter(trials["study"].dropna()), None) if "study" in trials else None
+    name = name or study.name
+
+    confirm = figures.confirm_rows(trials)
+    summary = summarize(confirm) if len(confirm) else pd.DataFrame()
+    comp = comparisons(confirm, margin_points) if len(confirm) else pd.DataFrame()
+    lines = verdict_lines(comp)
+    search = best_per_regime(figures.search_rows(trials))
+
+    out = study / "report"
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    paths, skipped = figures.build(trials, epochs, fig_dir, summary if len(summary) else None)
+    for stale in figures.FIGURES:
+        if stale in skipped:
+            for ext in ("png", "svg"):
+                (fig_dir / f"{stale}.{ext}").unlink(missing_ok=True)
+
+    blocks: list = [("h1", f"Lottery-ticket study report: {name}"), ("h2", "Verdicts")]
+    if lines:
+        blocks += [("p", f"Winning ticket against random re-initialisation of the same sparse network, each at "
+                         f"its own learning rate per condition; test accuracy of the final epoch; equivalence "
+                         f"margin ±{margin_points:g} accuracy points."), ("ul", lines)]
+    elif len(confirm):
+        blocks.append(("p", f"No verdict: the confirmation runs lack {figures.label(A)} or {figures.label(B)} "
+                            f"(margin ±{margin_points:g} points)."))
+    else:
+        blocks.append(("p", f"No verdict yet: this study has no confirmation runs, only the LR search "
+                            f"(margin would be ±{margin_points:g} points)."))
+    if len(summary):
+        blocks += [("h2", "Confirmed test accuracy"),
+                   ("table", ["condition", "regime", "LR", "n", "mean", "sd", "95% CI"],
+                    [[r["condition"], r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["mean"]), _num(r["sd"]),
+                      _ci(r["low"], r["high"])] for _, r in summary.iterrows()])]
+    if len(comp):
+        blocks += [("h2", "Comparison (first regime minus second, test accuracy points)"),
+                   ("table", ["condition", "regimes", "LRs", "n", "paired", "diff (points)", "95% CI (points)",
+                              "p (difference)", "p (equivalence)", "margin (points)", "verdict"],
+                    [[r["condition"], f"{r['a']} - {r['b']}", f"{_lr(r['lr_a'])} / {_lr(r['lr_b'])}",
+                      f"{int(r['n_a'])} / {int(r['n_b'])}", "yes" if r["paired"] else "no", _pts(r["diff"]),
+                      _ci(r["low"], r["high"], _pts), _p(r["p_difference"]), _p(r["p_equivalence"]),
+                      f"±{margin_points:g}", r["verdict"]] for _, r in comp.iterrows()])]
+    blocks += [("h2", "LR search (one seed per LR; best LR chosen on validation accuracy)")]
+    if len(search):
+        blocks.append(("table", ["regime", "trials", "completed", "diverged", "best LR", "val acc", "test acc"],
+                       [[r["regime"], int(r["trials"]), int(r["completed"]), int(r["diverged"]), _lr(r["best_lr"]),
+                         _num(r["best_val_acc"]), _num(r["test_acc"])] for _, r in search.iterrows()]))
+    else:
+        blocks.append(("p", "No search trials in this study."))
+    blocks.append(("h2", "Figures"))
+    blocks += [("fig", f) for f in figures.FIGURES if f not in skipped]
+    if skipped:
+        blocks.append(("ul", [f"{f}: skipped ({why})" for f, why in skipped.items()]))
+    blocks += [
+        ("h2", "Method"),
+        ("p", "Each regime's learning rate is tuned by its own search and chosen on validation accuracy (a split "
+              "held out of the training set); test accuracy is never used to choose. The confirmation retrains "
+              "each regime at its chosen LR (condition tuned) and at fixed small and large LRs with fresh seeds "
+              "not used in the search, and reports the test accuracy of the final epoch, never the best epoch. "
+              "Intervals are 95% t intervals over seeds. The difference is tested with a t test (paired where "
+              "seeds match); a 'no meaningful difference' verdict needs the two one-sided tests (TOST) to place "
+              f"the difference within ±{margin_points:g} accuracy points, not merely a large p-value."),
+        ("p", f"The numbers come from {study / 'results' / 'trials.parquet'} ({len(trials)} trials) and "
+              f"{study / 'results' / 'epochs.parquet'} ({len(epochs)} epoch rows), rebuilt by "
+              f"`python -m analysis.report {study} --equivalence-margin {margin_points:g}`."),
+    ]
+    md_path, html_path = out / "report.md", out / "report.html"
+    _write(md_path, _md(blocks))
+    _write(html_path, _html(blocks, f"Lottery-ticket study report: {name}", fig_dir))
+    return {"markdown": md_path, "html": html_path, "figures": paths, "skipped": skipped, "verdicts": comp,
+            "verdict_lines": lines, "summary": summary, "search": search}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    ap.add_argument("study", help="study folder (holds results/trials.parquet and results/epochs.parquet)")
+    ap.add_argument("--equivalence-margin", type=str, default=str(DEFAULT_MARGIN_POINTS), metavar="POINTS",
+                    help=f"equivalence margin in accuracy points (default {DEFAULT_MARGIN_POINTS})")
+    args = ap.parse_args(argv)
+    try:
+        res = build_report(args.study, args.equivalence_margin)
+    except ReportError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
+    for line in res["verdict_lines"] or ["no verdict: no confirmation runs"]:
+        print(line)
+    for f, why in res["skipped"].items():
+        print(f"figure {f} skipped: {why}")
+    print(f"report: {res['markdown']}\nreport: {res['html']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
