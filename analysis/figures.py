@@ -7,7 +7,6 @@ four and also says which were skipped and why; ``make_all`` is its path-only for
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -17,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats as sps  # noqa: E402
+from analysis.stats import confirm_rows, mean_interval  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +53,16 @@ def search_rows(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["phase"] == "search"]
 
 
-def confirm_rows(trials: pd.DataFrame) -> pd.DataFrame:
-    """The confirmation runs proper: phase confirm, trained on the study's last IMP round's mask."""
-    t = trials[trials["phase"] == "confirm"]
-    return t[t["prune_round"].isna() | t["rounds"].isna() | (t["prune_round"] == t["rounds"])]
-
-
 def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """Confirm rows of condition ``tuned`` at every IMP round (the sweep plus the final round)."""
     t = trials[(trials["phase"] == "confirm") & (trials["condition"] == "tuned")]
     return t[t["prune_round"].notna()]
 
 
-def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided t interval of ``values`` (NaNs dropped); the interval is the mean itself
-    for one value and NaN for none."""
-    v = np.asarray(pd.Series(values, dtype=float).dropna())
-    if len(v) == 0:
-        return math.nan, math.nan, math.nan
-    m = float(v.mean())
-    if len(v) == 1:
-        return m, m, m
-    h = float(sps.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - h, m + h
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and 95% t interval (``stats.mean_interval``); a single value is its own interval."""
+    iv = mean_interval(values)
+    return (iv.mean, iv.mean, iv.mean) if iv.n == 1 else (iv.mean, iv.low, iv.high)
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:

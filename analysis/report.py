@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures
-from analysis.stats import DEFAULT_MARGIN_POINTS, compare_regimes, summarize
+from analysis.stats import DEFAULT_MARGIN_POINTS, compare_regimes, confirm_rows, summarize
 from analysis.summary import best_per_regime
 
 A, B = "winning_ticket", "random_reinit"
@@ -171,7 +171,7 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS) -> dic
     name = next(iter(trials["study"].dropna()), None) if "study" in trials else None
     name = name or study.name
 
-    confirm = figures.confirm_rows(trials)
+    confirm = confirm_rows(trials)
     summary = summarize(confirm) if len(confirm) else pd.DataFrame()
     comp = comparisons(confirm, margin_points) if len(confirm) else pd.DataFrame()
     lines = verdict_lines(comp)

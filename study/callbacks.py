@@ -77,7 +77,7 @@ class Progress:
             if record.get("prune_round") != record.get("pipeline", {}).get("rounds", record.get("prune_round")):
                 where += f" round {record['prune_round']}"
         print(f"[{time.time() - self.t0:6.0f}s] {regime} {done}/{self.totals.get(regime, 0)} done, {running} running, "
-              f"{pending} pending | {where}: {what} | best val: {best}",
+              f"{pending} pending | {where}: {what}" + (f" | best val: {best}" if best else ""),
               file=self.out, flush=True)
 
 

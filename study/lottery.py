@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from study.options import StudyOptions, config_hash, parse, search_config
-from study.runtime import quiet_ray_env
+from study.runtime import quiet_logs, quiet_ray_env
 
 
 def trial_params(opts: StudyOptions) -> dict[str, object]:
@@ -86,6 +86,7 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
     a = opts.args
     t0 = time.time()
     quiet_ray_env()
+    quiet_logs()
     study_dir = opts.study_dir
     if search:
         study_hash = config_hash(opts)

@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once per regime (0: as many as the CPUs and GPUs allow)")
     x.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
-    x.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                   help="a trial checkpoints every N epochs of its own training (pretraining and IMP "
-                        "are cached artifacts, never repeated)")
+    x.add_argument("--checkpoint-every", type=int, default=5, metavar="N",
+                   help="a trial checkpoints every N epochs of its own training, and after any epoch "
+                        "ending 30 s or more after its last checkpoint (pretraining and IMP are cached "
+                        "artifacts, never repeated)")
     x.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite:///<study folder>/mlflow.db)")
     return p
 

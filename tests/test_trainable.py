@@ -20,6 +20,8 @@ def ctx(tmp_path, data_dir):
 
 
 def test_reports_every_epoch_with_a_checkpoint_and_writes_the_record(ctx, tmp_path):
+    from dataclasses import replace
+    ctx = replace(ctx, checkpoint_every=1)
     reports = []
 
     def report(metrics, ckpt):
@@ -35,6 +37,8 @@ def test_reports_every_epoch_with_a_checkpoint_and_writes_the_record(ctx, tmp_pa
 
 
 def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
+    from dataclasses import replace
+    ctx = replace(ctx, checkpoint_every=1)
     config = {"regime": "random_reinit", "lr": 0.05, "seed": 1}
     full = run_trial(config, ctx, "full", lambda m, c: None)
     saved = tmp_path / "ckpt"
@@ -58,6 +62,16 @@ def test_checkpoint_every_n_epochs(ctx, tmp_path):
     flags = []
     run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, sparse_ctx, "t", lambda m, c: flags.append(c is not None))
     assert flags == [False, True, False, True, False]
+
+
+def test_slow_epochs_are_checkpointed_every_epoch(ctx, monkeypatch):
+    from dataclasses import replace
+    import trainables.trainable as tr
+    monkeypatch.setattr(tr, "CHECKPOINT_MAX_GAP_S", 0.0)  # every epoch counts as slow
+    flags = []
+    run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, replace(ctx, checkpoint_every=10), "t",
+              lambda m, c: flags.append(c is not None))
+    assert flags == [True, True, False]
 
 
 def test_diverged_pretraining_ends_the_trial_with_its_accuracy(ctx):
