@@ -19,7 +19,10 @@ def read_tables(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def best_per_regime(trials: pd.DataFrame) -> pd.DataFrame:
     """Per regime: trials run, diverged, best LR by validation accuracy, val/test accuracy there."""
     rows = []
-    for regime, g in trials.groupby("regime", sort=False):
+    known = ("winning_ticket", "random_reinit", "late_rewind")
+    order = sorted(trials["regime"].unique(), key=lambda r: (known.index(r) if r in known else len(known), r))
+    for regime in order:
+        g = trials[trials["regime"] == regime]
         ok = g[(g["status"] == "completed") & g["val_acc"].notna()]
         row = {"regime": regime, "trials": len(g), "completed": len(ok), "diverged": int(g["diverged"].sum()),
                "best_lr": math.nan, "best_val_acc": math.nan, "test_acc": math.nan, "trial_id": None}

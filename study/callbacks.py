@@ -17,9 +17,11 @@ from typing import Any, TextIO
 from ray import tune
 
 from analysis.tables import load_records, write_tables
+from study.options import optuna_study_name
 from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
-from trainables.trainable import trial_spec
+from trainables.storage import Storage
+from trainables.trainable import TRIAL_RECORDS, trial_spec
 
 
 def label(config: dict[str, Any]) -> str:
@@ -83,12 +85,28 @@ class Progress:
 
 class StudyCallback(tune.Callback):
     def __init__(self, study: str, study_dir: Path, study_hash: str, tracker: MlflowTracker,
-                 progress: Progress, trial_params: dict[str, Any], optuna_study: str | None = None):
+                 progress: Progress, trial_params: dict[str, Any], optuna_study: str | None = None,
+                 shared: Storage | None = None):
         self.study, self.study_dir, self.study_hash = study, Path(study_dir), study_hash
         self.tracker, self.progress, self.trial_params = tracker, progress, trial_params
         self.optuna_study = optuna_study
+        self.shared = shared or Storage(str(self.study_dir))  # where trials write their records
+        self._load()
+
+    def _load(self) -> None:
         self.runs: dict[str, str] = {}
         self.records = {r["trial_id"]: r for r in load_records(self.study_dir)}  # every regime's so far
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles callbacks into its experiment; a restored one reloads what is on disk."""
+        state = self.__dict__.copy()
+        state.pop("runs", None)
+        state.pop("records", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._load()
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.runs:
@@ -103,28 +121,58 @@ class StudyCallback(tune.Callback):
                 self.study, trial.trial_id, c["regime"], c.get("phase", "search"), params, c.get("condition"))
         return self.runs[trial.trial_id]
 
+    def catch_up(self) -> int:
+        """Finalise records that trials wrote but the driver never processed (it was killed in
+        between); returns how many.  Keyed by trial id, so nothing is counted twice."""
+        from types import SimpleNamespace
+        done = 0
+        for name in self.shared.list_names(self.shared.join(TRIAL_RECORDS), ".json"):
+            trial_id = name[:-len(".json")]
+            if trial_id in self.records:
+                continue
+            record = json.loads(self.shared.read_text(self.shared.join(TRIAL_RECORDS, name)))
+            if "val_acc" not in record or "config" not in record:
+                continue
+            record["status"] = "completed"
+            trial = SimpleNamespace(trial_id=trial_id, config=record["config"])
+            self._finalise(trial, record)
+            done += 1
+        return done
+
     def on_step_end(self, iteration, trials, **info) -> None:
         running = [t for t in trials if t.status == "RUNNING"]
         if running:
             self.progress.heartbeat(label(trial_spec(running[0].config)))
 
-    def finished_count(self, regime: str, phase: str = "search") -> int:
-        return sum(1 for r in self.records.values() if r["regime"] == regime and r.get("phase", "search") == phase)
+    def finished_count(self, regime: str | None = None, phase: str = "search") -> int:
+        """Trials of ``regime`` (all, if None) and ``phase`` recorded so far, read from disk: after
+        ``Tuner.restore`` the events go to Tune's own unpickled copy of this callback."""
+        return sum(1 for r in load_records(self.study_dir)
+                   if (regime is None or r["regime"] == regime) and r.get("phase", "search") == phase)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.progress.start(label(trial_spec(trial.config)), trial.trial_id)
         self._run_id(trial)
 
     def _record_path(self, trial) -> Path:
+        """The driver's copy of a trial's record (the source of the Parquet tables)."""
         return self.study_dir / "records" / f"{trial.trial_id}.json"
 
     def _finalise(self, trial, record: dict[str, Any]) -> dict[str, Any]:
-        c = trial_spec(trial.config)
+        """Enrich the record, close its MLflow run, then write the driver's copy: a record on disk
+        means its run is closed too, so an interrupted driver redoes at most the MLflow step."""
+        # the settings the trial itself ran with (a restored Tune trial's config can lack constants)
+        c = {**trial_spec(trial.config), **record.get("config", {})}
         search = c.get("phase", "search") == "search"
         record.update(
-            mlflow_run_id=self._run_id(trial), optuna_study=self.optuna_study if search else None,
+            mlflow_run_id=self._run_id(trial),
+            optuna_study=(self.optuna_study or optuna_study_name(self.study, c["regime"])) if search else None,
             optuna_trial=c.get("optuna_trial"), study_hash=self.study_hash,
             trial_hash=spec_hash({"study": self.study_hash, **{k: v for k, v in c.items() if k != "optuna_trial"}}))
+        if record.get("status") == "completed":
+            self.tracker.finish_child(record["mlflow_run_id"], record)
+        else:
+            self.tracker.fail_child(record["mlflow_run_id"], record.get("error", ""))
         path = self._record_path(trial)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp-driver")
@@ -136,13 +184,14 @@ class StudyCallback(tune.Callback):
         return record
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        path = self._record_path(trial)
-        if not path.exists():  # ended without a record: count it as an error, never silently
+        if self.records.get(trial.trial_id, {}).get("status") == "completed":
+            return  # finished before an interruption, then re-run from a checkpoint: counted once
+        written = self.shared.join(TRIAL_RECORDS, f"{trial.trial_id}.json")  # by the trial, on any node
+        if not self.shared.exists(written):  # ended without a record: count it as an error, never silently
             return self._error(trial, "trial ended without writing its record")
-        record = json.loads(path.read_text())
+        record = json.loads(self.shared.read_text(written))
         record["status"] = "completed"
         self._finalise(trial, record)
-        self.tracker.finish_child(record["mlflow_run_id"], record)
 
     def _error(self, trial, message: str) -> None:
         c = trial_spec(trial.config)
@@ -151,7 +200,6 @@ class StudyCallback(tune.Callback):
                   "prune_round": c.get("prune_round"), "lr": c["lr"], "seed": c["seed"], "status": "error",
                   "error": message, "diverged": False, "finished_at": time.time()}
         self._finalise(trial, record)
-        self.tracker.fail_child(record["mlflow_run_id"], message)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         err = getattr(trial, "error_file", None) or ""

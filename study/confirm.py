@@ -57,14 +57,13 @@ def confirm_specs(opts: StudyOptions, best: dict[str, float]) -> list[dict[str, 
 
 
 def run_confirmation(opts: StudyOptions, ctx, tracker, study_hash: str, trial_params: dict[str, Any],
-                     concurrency: int, out=sys.stdout) -> bool:
-    """Run every confirmation trial; True when all of them finished."""
+                     concurrency: int, out=sys.stdout, resume: bool = False) -> bool:
+    """Run every confirmation trial (with ``resume``: those not done yet); True when all finished."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from analysis.summary import read_tables
     from study.callbacks import Progress, StudyCallback, label
-    from trainables.trainable import lottery_trainable
+    from study.tuning import run_experiment
 
     a = opts.args
     trials, _ = read_tables(opts.study_dir)
@@ -76,19 +75,16 @@ def run_confirmation(opts: StudyOptions, ctx, tracker, study_hash: str, trial_pa
     print(f"--- confirmation: {len(specs)} trials on seeds {confirm_seeds(opts)}; best LRs "
           + ", ".join(f"{r} {lr:.3g}" for r, lr in best.items())
           + f"; fixed LRs {a.fixed_small_lr:g} and {a.fixed_large_lr:g}", file=out, flush=True)
-    cb = StudyCallback(a.name, opts.study_dir, study_hash, tracker, Progress(totals, out), trial_params)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(lottery_trainable, ctx=ctx),
-                            {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}),
-        param_space={"spec": tune.grid_search(specs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,
-                                    trial_dirname_creator=lambda t: f"confirm_{t.trial_id}"),
-        run_config=tune.RunConfig(name="confirm", storage_path=str(opts.study_dir / "ray"),
-                                  callbacks=[cb, JsonLoggerCallback(), CSVLoggerCallback()],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  failure_config=tune.FailureConfig(max_failures=a.max_failures), verbose=0))
-    tuner.fit()
-    return sum(1 for r in cb.records.values() if r.get("phase") == "confirm") >= len(specs)
+    cb = StudyCallback(a.name, opts.study_dir, study_hash, tracker, Progress(totals, out), trial_params,
+                       shared=ctx.shared)
+    if cb.finished_count(phase="confirm") < len(specs):
+        run_experiment(opts, "confirm", ctx, cb, concurrency,
+                       {"trial_dirname_creator": confirm_dirname}, {"spec": tune.grid_search(specs)}, resume)
+    return cb.finished_count(phase="confirm") >= len(specs)
+
+
+def confirm_dirname(trial) -> str:
+    return f"confirm_{trial.trial_id}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from study.options import StudyOptions, config_hash, parse, search_config
+from study.options import StudyOptions, config_hash, optuna_study_name, parse, search_config
 from study.runtime import quiet_logs, quiet_ray_env
 
 
@@ -49,46 +49,63 @@ def max_concurrent(opts: StudyOptions, resources: dict[str, float]) -> int:
     return max(1, n)
 
 
-def run_regime(opts: StudyOptions, regime: str, ctx, callback, concurrency: int) -> None:
+def run_regime(opts: StudyOptions, regime: str, ctx, callback, concurrency: int, resume: bool = False) -> None:
+    """One regime's LR search: an Optuna study (persisted in optuna.db) driving Ray Tune trials."""
     import optuna
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces.lottery import define_by_run
-    from trainables.trainable import lottery_trainable
+    from study.tuning import experiment_path, run_experiment
 
     a = opts.args
+    storage = optuna.storages.RDBStorage(f"sqlite:///{opts.study_dir / 'optuna.db'}")
+    name = optuna_study_name(a.name, regime)
+    from ray import tune
+    if resume and not tune.Tuner.can_restore(experiment_path(opts, regime)):
+        # the driver died before Tune saved this regime: start it again, Optuna study included
+        if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+            optuna.delete_study(study_name=name, storage=storage)
     searcher = OptunaSearch(
         space=define_by_run(opts.lr_space, {"regime": regime, "seed": a.seed, "phase": "search"}),
         metric="val_acc", mode="max",
         sampler=optuna.samplers.TPESampler(seed=a.seed, n_startup_trials=a.startup_trials),
-        study_name=optuna_study_name(a.name, regime),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{opts.study_dir / 'optuna.db'}"))
-    resources = {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial}
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(lottery_trainable, ctx=ctx), resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=a.num_samples, max_concurrent_trials=concurrency,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name=regime, storage_path=str(opts.study_dir / "ray"), callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  failure_config=tune.FailureConfig(max_failures=a.max_failures), verbose=0))
-    tuner.fit()
+        study_name=name, storage=storage)
+    run_experiment(opts, regime, ctx, callback, concurrency,
+                   {"search_alg": searcher, "num_samples": a.num_samples}, resume=resume)
 
 
-def optuna_study_name(study: str, regime: str) -> str:
-    return f"{study}.{regime}"
+def close_orphans_of(opts: StudyOptions, regime: str) -> None:
+    """Once a regime's search is complete, settle its Optuna trials still RUNNING: one whose trial
+    has a row (it finished while the driver was down) gets its value; the rest are suggestions a
+    killed driver made but never ran, marked FAIL.  So COMPLETE trials match the rows exactly."""
+    import optuna
+
+    from analysis.tables import load_records
+    storage = f"sqlite:///{opts.study_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name=optuna_study_name(opts.args.name, regime), storage=storage)
+    values = {r.get("optuna_trial"): r["val_acc"] for r in load_records(opts.study_dir)
+              if r["regime"] == regime and r.get("phase", "search") == "search" and r.get("status") == "completed"}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.number in values:
+            study.tell(t.number, values[t.number])
+        else:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
 
 def run_study(opts: StudyOptions, search: bool = True) -> int:
     """The search (unless ``search`` is False: a finished study's confirmation only), the
-    confirmation (unless ``--no-confirm``), the tables, the report and the summary."""
+    confirmation (unless ``--no-confirm``), the tables, the report and the summary.  With
+    ``--resume``, finished parts are skipped and interrupted experiments continue."""
     a = opts.args
+    resume = bool(getattr(a, "resume", False))
     t0 = time.time()
     quiet_ray_env()
     quiet_logs()
     study_dir = opts.study_dir
-    if search:
+    if resume:
+        study_hash = json.loads((study_dir / "study.json").read_text())["study_hash"]
+        print(f"Study {a.name}: resuming in {study_dir}", flush=True)
+    elif search:
         study_hash = config_hash(opts)
         study_dir.mkdir(parents=True)
         write_study_json(opts, study_hash)
@@ -122,21 +139,32 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
     print(f"Ray: {'joined ' + a.address if a.address else 'local runtime'} with {resources.get('CPU', 0):g} CPUs, "
           f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once", flush=True)
     ctx = TrialContext(a.name, str(study_dir), opts.pipeline, a.cpus_per_trial, a.gpus_per_trial,
-                       a.checkpoint_every)
+                       a.checkpoint_every, opts.shared_root)
+    shared = ctx.shared
     status = "FAILED"
+    if resume:
+        caught = StudyCallback(a.name, study_dir, study_hash, tracker, Progress({}), trial_params(opts),
+                               None, shared).catch_up()
+        if caught:
+            print(f"{caught} finished trials recorded that the interrupted run had not", flush=True)
     try:
         if search:
             progress = Progress({r: a.num_samples for r in opts.regimes})
             for regime in opts.regimes:
-                print(f"--- {regime}: {a.num_samples} trials", flush=True)
                 cb = StudyCallback(a.name, study_dir, study_hash, tracker, progress, trial_params(opts),
-                                   optuna_study_name(a.name, regime))
-                run_regime(opts, regime, ctx, cb, concurrency)
+                                   optuna_study_name(a.name, regime), shared)
+                done = cb.finished_count(regime)
+                if done >= a.num_samples:
+                    print(f"--- {regime}: all {done} trials done before", flush=True)
+                    continue
+                print(f"--- {regime}: {a.num_samples} trials" + (f" ({done} done before)" if done else ""), flush=True)
+                run_regime(opts, regime, ctx, cb, concurrency, resume)
                 if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
                     raise KeyboardInterrupt
+                close_orphans_of(opts, regime)
         if not a.no_confirm:
             write_tables(study_dir)
-            if not run_confirmation(opts, ctx, tracker, study_hash, trial_params(opts), concurrency):
+            if not run_confirmation(opts, ctx, tracker, study_hash, trial_params(opts), concurrency, resume=resume):
                 raise KeyboardInterrupt
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -122,12 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs a trial reserves (also its torch threads)")
     x.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
     x.add_argument("--max-concurrent", type=int, default=0,
-                   help="trials at once per regime (0: as many as the CPUs and GPUs allow)")
+                   help="trials at once per regime (0: as many as the cluster's CPUs and GPUs allow when the "
+                        "study starts; on an autoscaling cluster give a number: pending trials make it grow)")
     x.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     x.add_argument("--checkpoint-every", type=int, default=5, metavar="N",
                    help="a trial checkpoints every N epochs of its own training, and after any epoch "
                         "ending 30 s or more after its last checkpoint (pretraining and IMP are cached "
                         "artifacts, never repeated)")
+    x.add_argument("--storage", default=None,
+                   help="where trials share pipeline artifacts, records and Ray Tune state: a folder every "
+                        "node sees (NFS) or a URI (s3://bucket/studies, gs://...); the study's files go "
+                        "under <storage>/<name>/ (default: the study folder)")
+    x.add_argument("--resume", action="store_true",
+                   help="continue the interrupted study named by --name (and --root) with its own settings; "
+                        "only --address, --num-cpus and --max-concurrent may change")
     x.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite:///<study folder>/mlflow.db)")
     return p
 
@@ -163,6 +171,14 @@ class StudyOptions:
     @property
     def study_dir(self) -> Path:
         return Path(self.args.root).resolve() / self.args.name
+
+    @property
+    def shared_root(self) -> str:
+        """Where trials share artifacts, records and Tune state: <storage>/<name>, or the study folder."""
+        storage = getattr(self.args, "storage", None)
+        if not storage:
+            return str(self.study_dir)
+        return f"{storage.rstrip('/')}/{self.args.name}" if "://" in storage else str(Path(storage) / self.args.name)
 
 
 def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
@@ -226,11 +242,39 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
         pretrain_lr=a.pretrain_lr)
     if a.prune_layers is not None:
         _check_layers(pipe)
+    if a.storage is not None:
+        if "://" in a.storage:
+            scheme = a.storage.split("://", 1)[0]
+            _check(scheme in STORAGE_SCHEMES, "--storage",
+                   f"must be a folder or a URI with a scheme from {', '.join(STORAGE_SCHEMES)} (got {a.storage!r})")
+        else:
+            _check(not Path(a.storage).exists() or Path(a.storage).is_dir(), "--storage",
+                   f"must be a folder ({a.storage} is a file)")
+            a.storage = str(Path(a.storage).resolve())
     opts = StudyOptions(a, pipe, space, tuple(a.regimes))
     if a.name is None:
         a.name = f"lottery-{config_hash(opts)[:10]}"
+    if a.resume:
+        _check((opts.study_dir / "study.json").exists(), "--resume",
+               f"needs an existing study folder with study.json; {opts.study_dir} has none (check --name and --root)")
+        return resumed_options(opts.study_dir, a, argv)
     _check(not opts.study_dir.exists(), "--name",
-           f"names an existing study folder ({opts.study_dir}); choose another --name or --root")
+           f"names an existing study folder ({opts.study_dir}); choose another --name or --root, or --resume it")
+    return opts
+
+
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+RESUME_OVERRIDES = ("address", "num_cpus", "max_concurrent")
+
+
+def resumed_options(study_dir: Path, given: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
+    """The study's own options; the execution flags given on this command line replace theirs."""
+    opts = options_from_study(study_dir)
+    for key in RESUME_OVERRIDES:
+        if f"--{key.replace('_', '-')}" in argv:
+            setattr(opts.args, key, getattr(given, key))
+    opts.args.resume = True
+    opts.args.root = given.root
     return opts
 
 
@@ -257,11 +301,16 @@ def config_hash(opts: StudyOptions) -> str:
     return spec_hash(search_config(opts))
 
 
+def optuna_study_name(study: str, regime: str) -> str:
+    """The Optuna study of one regime's search, in the study's optuna.db."""
+    return f"{study}.{regime}"
+
+
 def options_from_study(study_dir: Path) -> StudyOptions:
     """The options a study ran with, from its ``study.json`` (for work on a finished study)."""
     import json
     info = json.loads((study_dir / "study.json").read_text())
-    a = argparse.Namespace(**info["args"])
+    a = argparse.Namespace(**{**vars(build_parser().parse_args([])), **info["args"]})
     for key in ("regimes", "widths", "prune_layers"):
         if getattr(a, key) is not None:
             setattr(a, key, tuple(getattr(a, key)))

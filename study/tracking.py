@@ -40,6 +40,13 @@ class MlflowTracker:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
 
+    def __getstate__(self) -> dict[str, Any]:  # Ray Tune pickles callbacks with its experiment state
+        return {"uri": self.uri, "experiment_id": self.experiment_id, "parent_id": self.parent_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(self.uri)
+
     def find_run(self, **tags: str) -> str | None:
         flt = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
         runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=1)
@@ -70,14 +77,36 @@ class MlflowTracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat("", params).items()])
         return run.info.run_id
 
-    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]]) -> None:
+    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]], skip_logged: bool = False) -> None:
+        """Log (key, value, step) rows in few ``log_batch`` calls, each holding whole keys: a call is
+        one transaction, so after an interruption a key is either fully logged or absent, and
+        ``skip_logged`` leaves out the keys the run already has (idempotent re-logging)."""
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, int(step)) for k, v, step in metrics if v is not None]
-        for i in range(0, len(ms), BATCH):
-            self.client.log_batch(run_id, metrics=ms[i:i + BATCH])
+        by_key: dict[str, list[Metric]] = {}
+        for k, v, step in metrics:
+            if v is not None:
+                by_key.setdefault(k, []).append(Metric(k, float(v), now, int(step)))
+        if skip_logged:
+            for k in self.client.get_run(run_id).data.metrics:
+                by_key.pop(k, None)
+        batch: list[Metric] = []
+        for ms in by_key.values():
+            if batch and len(batch) + len(ms) > BATCH:
+                self.client.log_batch(run_id, metrics=batch)
+                batch = []
+            for i in range(0, len(ms), BATCH):  # a history longer than one call is split (rare)
+                batch += ms[i:i + BATCH]
+                if len(batch) >= BATCH:
+                    self.client.log_batch(run_id, metrics=batch)
+                    batch = []
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
 
     def finish_child(self, run_id: str, record: dict[str, Any]) -> None:
-        """Per-epoch curves of every stage, the final metrics, artifact tags; then FINISHED."""
+        """Per-epoch curves of every stage, the final metrics, artifact tags; then FINISHED.
+        A run already FINISHED is left as it is (its trial was recorded before an interruption)."""
+        if self.client.get_run(run_id).info.status == "FINISHED":
+            return
         rows: list[tuple[str, float, int]] = []
         for phase in record.get("phases", []):
             for e in phase["history"]:
@@ -88,7 +117,7 @@ class MlflowTracker:
                  "achieved_sparsity": record.get("achieved_sparsity"),
                  "diverged": float(bool(record.get("diverged"))), "wall_seconds": record.get("wall_seconds")}
         rows += [(k, v, 0) for k, v in final.items() if v is not None and not _isnan(v)]
-        self.log_metrics(run_id, rows)
+        self.log_metrics(run_id, rows, skip_logged=True)
         tags = [RunTag(f"artifact.{k}", v) for k, v in record.get("artifacts", {}).items()]
         tags += [RunTag("diverged", str(bool(record.get("diverged")))), RunTag("status", record.get("status", ""))]
         params = [Param(k, str(v)) for k, v in record.get("seeds", {}).items()]
@@ -96,6 +125,8 @@ class MlflowTracker:
         self.client.set_terminated(run_id, "FINISHED")
 
     def fail_child(self, run_id: str, error: str) -> None:
+        if self.client.get_run(run_id).info.status == "FAILED":
+            return
         self.client.set_tag(run_id, "error", error[:5000])
         self.client.set_tag(run_id, "status", "error")
         self.client.set_terminated(run_id, "FAILED")

@@ -284,7 +284,8 @@ def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir):
     import sys
     from tests.conftest import ROOT
     common = ["--epochs", "1", "--rounds", "1", "--lr-min", "0.01", "--lr-max", "0.3", "--lr-grid", "2",
-              "--root", str(tmp_path / "s"), "--name", "later", "--data-dir", data_dir, "--num-cpus", "2"]
+              "--root", str(tmp_path / "s"), "--name", "later", "--data-dir", data_dir, "--num-cpus", "2",
+              "--storage", str(tmp_path / "shared")]
     r = run_cli(["--num-samples", "2", "--no-confirm", *common], ray_env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Verdicts" not in r.stdout
@@ -302,5 +303,9 @@ def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir):
     assert "Verdicts" in ok.stdout
     trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
     assert (trials.phase == "search").sum() == 4 and (trials.phase == "confirm").sum() == 2 * 3 * 2
+    shared = tmp_path / "shared" / "later"  # --storage: artifacts, trial records, Tune state
+    assert {"artifacts", "trial-records", "ray"} <= {p.name for p in shared.iterdir()}
+    assert not (study / "artifacts").exists() and not (study / "ray").exists()
+    assert len(list((shared / "trial-records").glob("*.json"))) == len(trials)
     again = confirm(str(study))
     assert again.returncode == 2 and "already" in again.stderr

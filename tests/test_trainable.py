@@ -30,7 +30,7 @@ def test_reports_every_epoch_with_a_checkpoint_and_writes_the_record(ctx, tmp_pa
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
     assert [c for _, c in reports] == [True, True, False]  # the finished trial needs no checkpoint
     assert reports[-1][0]["done"] and reports[-1][0]["val_acc"] == rec["val_acc"]
-    on_disk = json.loads((tmp_path / "study" / "records" / "t1.json").read_text())
+    on_disk = json.loads((tmp_path / "study" / "trial-records" / "t1.json").read_text())
     assert on_disk["val_acc"] == rec["val_acc"] and len(on_disk["history"]) == 3
     assert [p["name"] for p in on_disk["phases"]] == ["pretrain", "imp_round_1"]
     assert on_disk["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
@@ -115,3 +115,22 @@ def test_a_failed_computation_leaves_nothing_behind(tmp_path):
         store.get_or_create("k", {"x": 2}, boom)
     assert store.find("k", {"x": 2}) is None
     assert [p.name for p in (tmp_path / "a").iterdir()] == [".locks"]
+
+
+def test_a_uri_store_shares_artifacts_and_records(tmp_path, data_dir):
+    """The object-store code path (no rename, no lock; meta.json last), through a file:// URI."""
+    uri = f"file://{tmp_path / 'bucket'}/study"
+    cfg = PipelineConfig(data_dir=data_dir, epochs=2, rounds=2, target_sparsity=0.6)
+    ctx = TrialContext("s", str(tmp_path / "local"), cfg, storage=uri)
+    rec = run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, ctx, "u1", None)
+    store = ArtifactStore(ctx.artifact_root)
+    assert not store.storage.local
+    mask = rec["artifacts"]["mask"]
+    assert (tmp_path / "bucket" / "study" / "artifacts" / mask / "meta.json").exists()
+    assert (tmp_path / "bucket" / "study" / "trial-records" / "u1.json").exists()
+    assert not (tmp_path / "local").exists()  # nothing of the trial's went to the driver's folder
+    again = run_trial({"regime": "random_reinit", "lr": 0.05, "seed": 0}, ctx, "u2", None)
+    assert again["artifacts"]["mask"] == mask  # found in the store, not recomputed
+    kind, h = mask.split("-", 1)
+    found = [a for a in (tmp_path / "bucket" / "study" / "artifacts").iterdir() if a.name == mask]
+    assert len(found) == 1 and json.loads((found[0] / "spec.json").read_text())["kind"] == kind

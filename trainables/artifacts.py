@@ -2,14 +2,18 @@
 
 A stage is described by a JSON-able spec (its kind plus every field that changes its result,
 including the hashes of the stages it starts from).  The canonical JSON of the spec hashes to the
-stage's directory name; a stage whose directory exists is complete and is loaded, not recomputed.
-Writes go to a temporary directory renamed into place (atomic on one file system), and a file lock
-makes concurrent trials that need the same stage compute it once: the second waits, then loads.
+stage's directory name; a stage whose directory holds ``meta.json`` is complete and is loaded, not
+recomputed.  On a local folder (or NFS mount) writes go to a temporary directory renamed into place
+(atomic on one file system), and a file lock makes concurrent trials that need the same stage
+compute it once: the second waits, then loads.  On an object store (``s3://``, ``gs://``: no rename,
+no lock) the files are uploaded and ``meta.json`` last marks the stage complete; two nodes may then
+compute the same stage at once, which wastes time but not correctness (stages are deterministic).
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+
+from trainables.storage import Storage
 
 
 def canonical(spec: dict[str, Any]) -> str:
@@ -36,16 +42,23 @@ def spec_hash(spec: dict[str, Any]) -> str:
 class Artifact:
     kind: str
     hash: str
-    path: Path
+    location: str  # folder path, or URI on an object store
     meta: dict[str, Any]
     computed: bool  # True when this call computed it, False when it was found in the store
+    storage: Storage
 
     @property
     def name(self) -> str:
         return f"{self.kind}-{self.hash}"
 
+    @property
+    def path(self) -> Path:
+        """The folder (local stores only)."""
+        return Path(self.location)
+
     def tensors(self, file: str = "tensors.pt") -> dict[str, torch.Tensor]:
-        return torch.load(self.path / file, map_location="cpu", weights_only=True)
+        data = self.storage.read_bytes(Storage(self.location).join(file))
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -53,22 +66,22 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 class ArtifactStore:
-    """Artifacts under ``root/<kind>-<hash>/`` with ``spec.json``, ``meta.json`` and tensor files."""
+    """Artifacts under ``root/<kind>-<hash>/`` with ``spec.json``, ``meta.json`` and tensor files;
+    ``root`` is a local folder or a URI (see ``trainables.storage``)."""
 
     def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, kind: str, spec: dict[str, Any]) -> Path:
-        return self.root / f"{kind}-{spec_hash({'kind': kind, **spec})}"
+        self.storage = Storage(str(root) if "://" in str(root) else str(Path(root).resolve()))
+        if self.storage.local:
+            self.root = Path(self.storage.root)
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def find(self, kind: str, spec: dict[str, Any]) -> Artifact | None:
-        full = {"kind": kind, **spec}
-        h = spec_hash(full)
-        path = self.root / f"{kind}-{h}"
-        if not (path / "meta.json").exists():
+        h = spec_hash({"kind": kind, **spec})
+        location = self.storage.join(f"{kind}-{h}")
+        meta = self.storage.join(f"{kind}-{h}", "meta.json")
+        if not self.storage.exists(meta):
             return None
-        return Artifact(kind, h, path, json.loads((path / "meta.json").read_text()), computed=False)
+        return Artifact(kind, h, location, json.loads(self.storage.read_text(meta)), False, self.storage)
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -93,6 +106,8 @@ class ArtifactStore:
         full = {"kind": kind, **spec}
         h = spec_hash(full)
         name = f"{kind}-{h}"
+        if not self.storage.local:
+            return self._create_remote(kind, h, full, compute)
         with self._lock(name):
             found = self.find(kind, spec)  # another trial may have finished it while we waited
             if found is not None:
@@ -109,7 +124,24 @@ class ArtifactStore:
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
-        return Artifact(kind, h, self.root / name, meta, computed=True)
+        return Artifact(kind, h, str(self.root / name), meta, True, self.storage)
+
+    def _create_remote(self, kind: str, h: str, full: dict[str, Any],
+                       compute: Callable[[Path], dict[str, Any]]) -> Artifact:
+        """Compute locally, upload the files, then ``meta.json``: its presence marks completion."""
+        tmp = self.storage.make_local_tmp()
+        try:
+            start = time.perf_counter()
+            meta = dict(compute(tmp))
+            meta["compute_seconds"] = time.perf_counter() - start
+            _write_json(tmp / "spec.json", full)
+            location = self.storage.join(f"{kind}-{h}")
+            self.storage.upload_dir(tmp, location)
+            self.storage.write_text(self.storage.join(f"{kind}-{h}", "meta.json"),
+                                    json.dumps(meta, indent=1, sort_keys=True, default=str))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Artifact(kind, h, location, meta, True, self.storage)
 
 
 def save_tensors(directory: Path, tensors: dict[str, torch.Tensor], file: str = "tensors.pt") -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -21,9 +20,11 @@ import torch
 from trainables.artifacts import ArtifactStore
 from trainables.pipeline import Pipeline, PipelineConfig
 from trainables.regimes import REGIMES
+from trainables.storage import Storage
 from trainables.training import Trainer, TrainState
 
 CHECKPOINT_FILE = "trial.pt"
+TRIAL_RECORDS = "trial-records"
 # Every checkpoint costs Ray Tune a forced experiment snapshot on the driver (with num_to_keep=1):
 # about 1 s per 20-epoch MNIST-1D trial when taken every epoch.  Checkpoints therefore come every
 # ``checkpoint_every`` epochs, and after any epoch that ends this long after the last checkpoint, so
@@ -41,14 +42,20 @@ class TrialContext:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     checkpoint_every: int = 5  # epochs; and at least every CHECKPOINT_MAX_GAP_S seconds
+    storage: str = ""  # shared location of artifacts, records and Tune state (default: study_dir)
 
     @property
-    def artifact_root(self) -> Path:
-        return Path(self.study_dir) / "artifacts"
+    def shared(self) -> Storage:
+        return Storage(self.storage or self.study_dir)
 
     @property
-    def records_dir(self) -> Path:
-        return Path(self.study_dir) / "records"
+    def artifact_root(self) -> str:
+        return self.shared.join("artifacts")
+
+    def record_location(self, trial_id: str) -> str:
+        """Where the trial leaves its record for the driver (which keeps its own copy in records/:
+        a stale worker of an interrupted run may still write here, never over the driver's)."""
+        return self.shared.join(TRIAL_RECORDS, f"{trial_id}.json")
 
 
 def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
@@ -61,11 +68,8 @@ def _device(ctx: TrialContext) -> torch.device:
     return torch.device("cuda" if ctx.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
 
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, default=float))
-    os.replace(tmp, path)
+def _write_record(ctx: TrialContext, trial_id: str, record: dict[str, Any]) -> None:
+    ctx.shared.write_text(ctx.record_location(trial_id), json.dumps(record, default=float))
 
 
 def _metrics(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -102,7 +106,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         last = start.phases[-1].history[-1]
         record.update(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
                       train_loss=float("nan"), wall_seconds=time.time() - started, finished_at=time.time())
-        _write_record(ctx.records_dir / f"{trial_id}.json", record)
+        _write_record(ctx, trial_id, record)
         if report:
             report(_metrics(last, phase_diverged=start.diverged_phase, sparsity=overall, done=True), None)
         return record
@@ -128,7 +132,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
                           diverged_phase="final" if rec["diverged"] else None, val_acc=rec["val_acc"],
                           test_acc=rec["test_acc"], train_loss=rec["train_loss"],
                           wall_seconds=time.time() - started, finished_at=time.time())
-            _write_record(ctx.records_dir / f"{trial_id}.json", record)
+            _write_record(ctx, trial_id, record)
         due = trainer.epoch % ctx.checkpoint_every == 0 or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S
         if report and (done or not due):
             report(_metrics(rec, sparsity=overall, done=done), None)  # a finished trial needs no checkpoint
@@ -142,7 +146,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         record.update(history=history, diverged=last["diverged"], val_acc=last["val_acc"],
                       test_acc=last["test_acc"], train_loss=last["train_loss"],
                       wall_seconds=time.time() - started, finished_at=time.time())
-        _write_record(ctx.records_dir / f"{trial_id}.json", record)
+        _write_record(ctx, trial_id, record)
     return record
 
 

@@ -1,0 +1,39 @@
+"""One Ray Tune experiment of a study (a regime's search, or the confirmation): new or restored."""
+from __future__ import annotations
+
+from typing import Any
+
+from study.options import StudyOptions
+from trainables.storage import Storage
+
+
+def experiment_path(opts: StudyOptions, name: str) -> str:
+    return Storage(opts.shared_root).join("ray", name)
+
+
+def run_experiment(opts: StudyOptions, name: str, ctx, callback, concurrency: int,
+                   tune_config: dict[str, Any], param_space: dict[str, Any] | None = None,
+                   resume: bool = False) -> None:
+    """Fit the experiment ``name``; with ``resume``, continue it from its saved state when there is
+    one (finished trials stay finished, interrupted ones continue from their last checkpoint)."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from trainables.trainable import lottery_trainable
+
+    a = opts.args
+    trainable = tune.with_resources(tune.with_parameters(lottery_trainable, ctx=ctx),
+                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
+    path = experiment_path(opts, name)
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space or {},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
+            run_config=tune.RunConfig(name=name, storage_path=Storage(opts.shared_root).join("ray"),
+                                      callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=tune.FailureConfig(max_failures=a.max_failures),
+                                      verbose=0))
+    tuner.fit()

@@ -1,0 +1,85 @@
+"""Driver loss: the study process killed with SIGKILL mid-run, then --resume: complete results,
+every trial exactly once in Parquet, MLflow and Optuna."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tests.conftest import ROOT, run_cli
+
+N = 4
+REGIMES = ("winning_ticket", "random_reinit")
+
+
+def _kill_ray_of(ray_tmp: str) -> None:
+    """Processes the killed driver's Ray runtime left (the test must not leave them)."""
+    for pid in subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split():
+        subprocess.run(["kill", "-9", pid], capture_output=True)
+
+
+def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir):
+    root = tmp_path / "s"
+    args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "8", "--rounds", "2",
+            "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
+            "--checkpoint-every", "1", "--confirm-seeds", "2", "--no-sweep",
+            "--root", str(root), "--name", "killed", "--data-dir", data_dir, "--num-cpus", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=ray_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    records = root / "killed" / "trial-records"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(records.glob("*.json"))) < 3:  # mid-way through the first regime
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the study process only
+    proc.wait()
+    time.sleep(3)  # its local Ray runtime may linger a moment (a stale worker may even write)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _kill_ray_of(ray_env["RAY_TMPDIR"])
+    before = len(list(records.glob("*.json")))
+    assert 3 <= before < N * len(REGIMES)
+
+    r = run_cli(["--resume", "--root", str(root), "--name", "killed", "--num-cpus", "2"], ray_env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = root / "killed"
+    trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
+    epochs = pq.read_table(study / "results" / "epochs.parquet").to_pandas()
+    search = trials[trials.phase == "search"]
+    assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}
+    assert Counter(search["regime"]) == {r: N for r in REGIMES}
+    assert (trials.phase == "confirm").sum() == len(REGIMES) * 3 * 2
+    final = epochs[epochs.stage == "final"]
+    per_trial = final.groupby("trial_id")["epoch"].apply(list)
+    assert all(v == list(range(1, 9)) for v in per_trial), "an epoch lost or duplicated"
+    assert set(per_trial.index) == set(trials["trial_id"])
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("killed")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
+    assert Counter(c.data.tags["trial_id"] for c in children) == Counter({t: 1 for t in trials["trial_id"]})
+    assert len([x for x in runs if x.data.tags.get("phase") == "study"]) == 1
+    for c in children:
+        assert c.info.status == "FINISHED"
+        hist = client.get_metric_history(c.info.run_id, "val_acc")
+        assert sorted(m.step for m in hist) == list(range(1, 9))
+
+    import optuna
+    storage = f"sqlite:///{study / 'optuna.db'}"
+    for regime in REGIMES:
+        st = optuna.load_study(study_name=f"killed.{regime}", storage=storage)
+        complete = {t.number: t.value for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE}
+        assert not [t for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
+        rows = search[search.regime == regime].set_index("optuna_trial")["val_acc"]
+        assert set(complete) == set(rows.index)
+        assert all(abs(complete[n] - rows[n]) < 1e-12 for n in complete)

@@ -1,0 +1,95 @@
+"""Where a study's shared files live: a local folder (or NFS mount) or a URI pyarrow.fs understands.
+
+Trials on any node of a cluster find the pipeline artifacts and write their records through this,
+so ``--storage s3://bucket/studies`` works as well as a local path.  Local paths keep the fast path:
+atomic renames and file locks.  On object stores (no rename, no locks) a write goes straight to its
+key, and completion is marked by writing a stage's ``meta.json`` last.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str) -> bool:
+    return "://" in str(location)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A root location; ``path`` is joined below it with '/'."""
+
+    root: str
+
+    @property
+    def local(self) -> bool:
+        return not is_uri(self.root)
+
+    def join(self, *parts: str) -> str:
+        if self.local:
+            return str(Path(self.root, *parts))
+        return posixpath.join(self.root.rstrip("/"), *parts)
+
+    def child(self, *parts: str) -> "Storage":
+        return Storage(self.join(*parts))
+
+    def _fs(self, location: str) -> tuple[pafs.FileSystem, str]:
+        return pafs.FileSystem.from_uri(location)
+
+    def exists(self, location: str) -> bool:
+        if self.local:
+            return os.path.exists(location)
+        fs, p = self._fs(location)
+        return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+    def read_bytes(self, location: str) -> bytes:
+        if self.local:
+            return Path(location).read_bytes()
+        fs, p = self._fs(location)
+        with fs.open_input_stream(p) as f:
+            return f.read()
+
+    def read_text(self, location: str) -> str:
+        return self.read_bytes(location).decode()
+
+    def write_bytes(self, location: str, data: bytes) -> None:
+        """Write ``location`` so that readers see all of it or nothing."""
+        if self.local:
+            path = Path(location)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        fs, p = self._fs(location)
+        fs.create_dir(posixpath.dirname(p), recursive=True)
+        with fs.open_output_stream(p) as f:  # object stores publish a key only when it is closed
+            f.write(data)
+
+    def write_text(self, location: str, text: str) -> None:
+        self.write_bytes(location, text.encode())
+
+    def list_names(self, location: str, suffix: str = "") -> list[str]:
+        if self.local:
+            d = Path(location)
+            return sorted(p.name for p in d.iterdir() if p.name.endswith(suffix)) if d.exists() else []
+        fs, p = self._fs(location)
+        infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+        return sorted(posixpath.basename(i.path) for i in infos if i.path.endswith(suffix))
+
+    def upload_dir(self, local_dir: Path, location: str) -> None:
+        """Copy the files of ``local_dir`` to ``location`` (remote stores only)."""
+        fs, p = self._fs(location)
+        fs.create_dir(p, recursive=True)
+        for f in sorted(Path(local_dir).iterdir()):
+            with fs.open_output_stream(posixpath.join(p, f.name)) as out:
+                out.write(f.read_bytes())
+
+    def make_local_tmp(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="artifact-"))
