@@ -79,15 +79,17 @@ def _no_ray_left(ray_tmp: str, timeout: float = 30) -> list[str]:
         time.sleep(0.5)
 
 
-def _check_complete(study: Path, epochs: int) -> tuple:
+def _check_complete(study: Path, epochs: int, out: str) -> tuple:
+    """Every trial completed once, every final-training epoch recorded exactly once."""
     trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
     per_epoch = pq.read_table(study / "results" / "epochs.parquet").to_pandas()
-    assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}
-    assert Counter(trials["regime"]) == {r: N for r in REGIMES}
+    why = trials[["trial_id", "regime", "status", "error"]]
+    assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}, f"{why}\n{out[-3000:]}"
+    assert Counter(trials["regime"]) == {r: N for r in REGIMES}, why
     final = per_epoch[per_epoch.stage == "final"]
     per_trial = final.groupby("trial_id")["epoch"].apply(list)
     assert set(per_trial.index) == set(trials["trial_id"])
-    assert all(v == list(range(1, epochs + 1)) for v in per_trial), "an epoch lost or duplicated"
+    assert all(v == list(range(1, epochs + 1)) for v in per_trial), f"an epoch lost or duplicated: {dict(per_trial)}"
     return trials, per_epoch
 
 
@@ -156,7 +158,7 @@ def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(t
         out = _wait(proc, log, timeout=max(1, deadline - time.time()))
         assert proc.returncode == 0, out[-4000:]
         assert "with 0 CPUs" in out, out[-4000:]  # it joined the empty cluster: the workers came for its trials
-        _check_complete(root / "scaled", 6)
+        _check_complete(root / "scaled", 6, out)
         assert 1 <= most_workers <= 2 and 1 <= most_cpus <= 2, (most_workers, most_cpus)
 
         deadline = time.time() + 90  # idle timeout 3 s, autoscaler update every 1 s
@@ -175,7 +177,7 @@ def _mid_trial(study: Path, regime: str, epoch: int) -> Path | None:
     """The folder of a trial of ``regime`` that has checkpointed epoch ``epoch`` of its final training
     (with --checkpoint-every 1 and one checkpoint kept, checkpoint_<k> holds epoch k + 1)."""
     for d in (study / "ray" / regime).glob("*"):
-        done = [int(c.name[len("checkpoint_"):]) for c in d.glob("checkpoint_*") if c.name[len("checkpoint_"):].isdigit()]
+        done = [int(c.name[11:]) for c in d.glob("checkpoint_*") if c.name[11:].isdigit()]
         if done and max(done) >= epoch - 1:
             return d
     return None
@@ -220,7 +222,7 @@ def test_trial_survives_loss_of_its_node(tmp_path, ray_env, data_dir, monkeypatc
         subprocess.run(["kill", "-KILL", *map(str, frozen)], capture_output=True)
         out = _wait(proc, log)
         assert proc.returncode == 0, out[-4000:]
-        trials, _ = _check_complete(study, epochs)
+        trials, _ = _check_complete(study, epochs, out)
     finally:
         _stop(proc)
         if frozen:  # never leave a stopped process behind, whatever failed

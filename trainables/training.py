@@ -93,7 +93,7 @@ class Trainer:
         self.masks = {n: m.to(device) for n, m in (masks or {}).items()}
         self.steps_per_epoch = math.ceil(len(splits.y_train) / spec.batch_size)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
-                                         weight_decay=spec.weight_decay, foreach=True)
+                                         weight_decay=spec.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, spec))
         self.epoch = 0
