@@ -89,7 +89,6 @@ def confirm_dirname(trial) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m study.confirm <study folder>``: the confirmation phase of a finished search."""
-    import argparse
 
     from study.options import BadFlag, OneLineParser, add_confirm_flags, check_confirm_flags, options_from_study
     p = OneLineParser(prog="python -m study.confirm", description=main.__doc__)

@@ -169,7 +169,8 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        print("interrupted: the tables hold the trials finished so far", file=sys.stderr)
+        print(f"interrupted: the tables hold the trials finished so far; continue with\n"
+              f"  python -m study.lottery --resume --name {a.name} --root {Path(a.root)}", file=sys.stderr)
     finally:
         ray.shutdown()
         write_tables(study_dir)
