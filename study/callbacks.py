@@ -37,7 +37,7 @@ class Progress:
         self.started: dict[str, set[str]] = {}
         self.finished: dict[str, set[str]] = {}
         self.best: dict[str, tuple[float, float]] = {}
-        self.t0 = time.time()
+        self.t0 = self.last_line = time.time()
 
     HEARTBEAT_S = 30.0
 
@@ -47,7 +47,7 @@ class Progress:
 
     def heartbeat(self, regime: str) -> None:
         """A status line when nothing has been printed for a while (long trials)."""
-        if time.time() - getattr(self, "last_line", self.t0) < self.HEARTBEAT_S:
+        if time.time() - self.last_line < self.HEARTBEAT_S:
             return
         self.last_line = time.time()
         running = len(self.started.get(regime, set()) - self.finished.get(regime, set()))

@@ -30,9 +30,6 @@ def write_study_json(opts: StudyOptions, study_hash: str) -> None:
     import torch
     info = {"name": opts.args.name, "study_hash": study_hash, "config": search_config(opts),
             "command": [sys.executable, "-m", "study.lottery", *sys.argv[1:]],
-            "execution": {k: getattr(opts.args, k) for k in ("address", "num_cpus", "cpus_per_trial",
-                                                             "gpus_per_trial", "max_concurrent", "max_failures", "checkpoint_every",
-                                                             "mlflow_uri", "data_dir")},
             "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts.args).items()},
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
             "created_at": time.time()}
@@ -162,8 +159,7 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
                 if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
                     raise KeyboardInterrupt
                 close_orphans_of(opts, regime)
-        if not a.no_confirm:
-            write_tables(study_dir)
+        if not a.no_confirm:  # the callbacks keep the tables current: best LRs come from them
             if not run_confirmation(opts, ctx, tracker, study_hash, trial_params(opts), concurrency, resume=resume):
                 raise KeyboardInterrupt
         status = "FINISHED"

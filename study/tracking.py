@@ -77,18 +77,18 @@ class MlflowTracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat("", params).items()])
         return run.info.run_id
 
-    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]], skip_logged: bool = False) -> None:
+    def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int]],
+                    skip: Iterable[str] = ()) -> None:
         """Log (key, value, step) rows in few ``log_batch`` calls, each holding whole keys: a call is
-        one transaction, so after an interruption a key is either fully logged or absent, and
-        ``skip_logged`` leaves out the keys the run already has (idempotent re-logging)."""
+        one transaction, so after an interruption a key is either fully logged or absent; keys in
+        ``skip`` (those the run already has) are left out, which makes re-logging idempotent."""
         now = int(time.time() * 1000)
         by_key: dict[str, list[Metric]] = {}
         for k, v, step in metrics:
             if v is not None:
                 by_key.setdefault(k, []).append(Metric(k, float(v), now, int(step)))
-        if skip_logged:
-            for k in self.client.get_run(run_id).data.metrics:
-                by_key.pop(k, None)
+        for k in skip:
+            by_key.pop(k, None)
         batch: list[Metric] = []
         for ms in by_key.values():
             if batch and len(batch) + len(ms) > BATCH:
@@ -105,7 +105,8 @@ class MlflowTracker:
     def finish_child(self, run_id: str, record: dict[str, Any]) -> None:
         """Per-epoch curves of every stage, the final metrics, artifact tags; then FINISHED.
         A run already FINISHED is left as it is (its trial was recorded before an interruption)."""
-        if self.client.get_run(run_id).info.status == "FINISHED":
+        run = self.client.get_run(run_id)
+        if run.info.status == "FINISHED":
             return
         rows: list[tuple[str, float, int]] = []
         for phase in record.get("phases", []):
@@ -117,7 +118,7 @@ class MlflowTracker:
                  "achieved_sparsity": record.get("achieved_sparsity"),
                  "diverged": float(bool(record.get("diverged"))), "wall_seconds": record.get("wall_seconds")}
         rows += [(k, v, 0) for k, v in final.items() if v is not None and not _isnan(v)]
-        self.log_metrics(run_id, rows, skip_logged=True)
+        self.log_metrics(run_id, rows, skip=run.data.metrics)
         tags = [RunTag(f"artifact.{k}", v) for k, v in record.get("artifacts", {}).items()]
         tags += [RunTag("diverged", str(bool(record.get("diverged")))), RunTag("status", record.get("status", ""))]
         params = [Param(k, str(v)) for k, v in record.get("seeds", {}).items()]

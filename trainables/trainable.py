@@ -123,11 +123,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
 
     total = ctx.pipeline.epochs
     last_checkpoint = time.monotonic()
-    while trainer.epoch < total and not (history and history[-1]["diverged"]):
+    done = False
+    while not done:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
         rec = trainer.run_epoch()
         history.append(rec)
         done = rec["diverged"] or trainer.epoch >= total
-        if done:
+        if done:  # the record goes out before the last report: the trial counts as finished after it
             record.update(history=history, diverged=rec["diverged"],
                           diverged_phase="final" if rec["diverged"] else None, val_acc=rec["val_acc"],
                           test_acc=rec["test_acc"], train_loss=rec["train_loss"],
@@ -141,12 +142,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
             with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
                 torch.save({"state": asdict(trainer.state()), "history": history}, Path(tmp) / CHECKPOINT_FILE)
                 report(_metrics(rec, sparsity=overall, done=done), tmp)
-    if "val_acc" not in record:  # resumed after the last epoch was already trained
-        last = history[-1]
-        record.update(history=history, diverged=last["diverged"], val_acc=last["val_acc"],
-                      test_acc=last["test_acc"], train_loss=last["train_loss"],
-                      wall_seconds=time.time() - started, finished_at=time.time())
-        _write_record(ctx, trial_id, record)
     return record
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,9 +80,6 @@ class TrainState:
     epoch: int
 
 
-EpochHook = Callable[[dict[str, Any], "Trainer"], None]
-
-
 class Trainer:
     """SGD with momentum and weight decay over a fixed mask; epochs run one call at a time."""
 
@@ -139,15 +136,13 @@ class Trainer:
                 "val_acc": accuracy(model, s.x_val, s.y_val), "test_acc": accuracy(model, s.x_test, s.y_test),
                 "diverged": not math.isfinite(train_loss), "seconds": time.perf_counter() - start}
 
-    def run(self, stop_epoch: int | None = None, hook: EpochHook | None = None) -> list[dict[str, Any]]:
+    def run(self, stop_epoch: int | None = None) -> list[dict[str, Any]]:
         """Train until ``stop_epoch`` (default: the schedule's end) or divergence."""
         stop = self.spec.epochs if stop_epoch is None else stop_epoch
         history = []
         while self.epoch < stop:
             rec = self.run_epoch()
             history.append(rec)
-            if hook is not None:
-                hook(rec, self)
             if rec["diverged"]:
                 break
         return history
