@@ -42,3 +42,35 @@ def ray_env(tmp_path):
 def run_cli(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+N = 3  # search trials per regime
+K = 2  # confirmation seeds
+REGIMES = ("winning_ticket", "random_reinit", "late_rewind")
+# confirmation: every regime x 3 conditions x K seeds, plus the sweep (round 1 of 2) for two regimes
+N_CONFIRM = len(REGIMES) * 3 * K + 2 * 1 * K
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory, data_dir):
+    """One tiny study, search and confirmation, run once for every test that reads a finished study."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    tmp = tmp_path_factory.mktemp("e2e")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    (Path(ray_tmp) / "ray").mkdir()
+    (tmp / "home").mkdir()
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
+    args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "2", "--rounds", "2",
+            "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
+            "--root", str(tmp / "studies"), "--name", "tiny", "--data-dir", data_dir, "--num-cpus", "2",
+            "--confirm-seeds", str(K)]
+    r = run_cli(args, env)
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not left, f"Ray processes left behind: {left}"
+    return tmp / "studies" / "tiny", r.stdout

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from study.lottery import main
-from tests.conftest import run_cli
+from tests.conftest import K, N, N_CONFIRM, REGIMES, run_cli
 
 BAD = [
     (["--num-samples", "0"], "--num-samples"),
@@ -55,38 +54,6 @@ def test_bad_flag_through_the_real_command(tmp_path, ray_env):
     r = run_cli(["--num-samples", "0", "--root", str(tmp_path / "s")], ray_env, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--num-samples" in r.stderr
     assert not (tmp_path / "s").exists()
-
-
-N = 3  # search trials per regime
-K = 2  # confirmation seeds
-REGIMES = ("winning_ticket", "random_reinit", "late_rewind")
-# confirmation: every regime x 3 conditions x K seeds, plus the sweep (round 1 of 2) for two regimes
-N_CONFIRM = len(REGIMES) * 3 * K + 2 * 1 * K
-
-
-@pytest.fixture(scope="module")
-def finished_study(tmp_path_factory, data_dir):
-    import os
-    import shutil
-    import subprocess
-    import tempfile
-    from tests.conftest import ROOT
-    tmp = tmp_path_factory.mktemp("e2e")
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    (Path(ray_tmp) / "ray").mkdir()
-    (tmp / "home").mkdir()
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
-    args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "2", "--rounds", "2",
-            "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
-            "--root", str(tmp / "studies"), "--name", "tiny", "--data-dir", data_dir, "--num-cpus", "2",
-            "--confirm-seeds", str(K)]
-    r = run_cli(args, env)
-    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert not left, f"Ray processes left behind: {left}"
-    return tmp / "studies" / "tiny", r.stdout
 
 
 def test_summary_is_printed(finished_study):
@@ -217,66 +184,6 @@ def test_a_diverging_study_goes_on(tmp_path, ray_env, data_dir):
     assert trials["val_acc"].between(0, 1).all() and "DIVERGED" in r.stdout
     assert set(trials["diverged_stage"]) == {"pretrain"}
     assert not any(math.isnan(v) for v in trials["val_acc"])
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve_and_get(cmd: list[str], url: str, tmp_path, timeout: float = 90.0):
-    """Start a server as the README says, GET ``url`` once it answers, then stop it."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import time
-    import urllib.request
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    try:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    return json.loads(r.read())
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError(f"{url} did not answer in {timeout}s")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
-def test_readme_mlflow_ui_command_serves_the_study(finished_study, tmp_path):
-    import sys
-    study_dir, _ = finished_study
-    port = _free_port()
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    body = _serve_and_get([mlflow, "ui", "--backend-store-uri", f"sqlite:///{study_dir / 'mlflow.db'}",
-                           "--host", "127.0.0.1", "--port", str(port)],
-                          f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny",
-                          tmp_path)
-    assert body["experiment"]["name"] == "tiny"
-
-
-def test_readme_optuna_dashboard_command_serves_the_study(finished_study, tmp_path):
-    import sys
-    study_dir, _ = finished_study
-    port = _free_port()
-    exe = str(Path(sys.executable).parent / "optuna-dashboard")
-    body = _serve_and_get([exe, f"sqlite:///{study_dir / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
-                          f"http://127.0.0.1:{port}/api/studies", tmp_path)
-    assert {s["study_name"] for s in body["study_summaries"]} == {f"tiny.{r}" for r in REGIMES}
 
 
 def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir):

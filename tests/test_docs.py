@@ -28,3 +28,19 @@ def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     assert install in ci and test in ci
     assert "python -m study.lottery --num-samples 64" in blocks[1]
+
+
+def test_ui_flags_and_system_packages_are_in_the_readme():
+    import contextlib
+    import io
+
+    from study import ui
+    help_text = io.StringIO()
+    with contextlib.redirect_stdout(help_text), contextlib.suppress(SystemExit):
+        ui.main(["--help"])
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", help_text.getvalue())) - {"--help"}
+    assert flags == {"--optuna", "--port", "--host"}
+    assert all(f"`{f}`" in README for f in flags)
+    ci = (ROOT / ".ci" / "run").read_text()
+    packages = re.search(r"SYSTEM_PACKAGES=\((.*?)\)", ci).group(1).split()
+    assert f"apt-get install {' '.join(packages)}" in README
