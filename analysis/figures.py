@@ -16,27 +16,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from analysis import design  # noqa: E402
 from analysis.stats import confirm_rows, mean_interval  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FIGURES = ("lr_curve", "confirmed", "learning_curves", "sparsity")
 CONDITIONS = ("tuned", "fixed_small", "fixed_large")
-REGIME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#d62728", "late_rewind": "#2ca02c"}
-_EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-REGIME_LABELS = {"winning_ticket": "winning ticket", "random_reinit": "random re-init",
-                 "late_rewind": "late rewind"}
+REGIME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#d62728", "late_rewind": "#2ca02c",
+                 "fine_tune": "#ff7f0e", "scratch_e": "#9467bd", "scratch_b": "#8c564b", "lr_rewind": "#17becf",
+                 "random_prune": "#7f7f7f"}
+# unknown regimes, in the order first met: colours none of the known regimes uses
+_EXTRA_COLORS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+_EXTRA_ASSIGNED: dict[str, str] = {}
+REGIME_LABELS = design.REGIME_LABELS
 DPI = 120
 
 
 def color(regime: str) -> str:
-    if regime not in REGIME_COLORS:
-        REGIME_COLORS[regime] = _EXTRA_COLORS[(len(REGIME_COLORS) - 3) % len(_EXTRA_COLORS)]
-    return REGIME_COLORS[regime]
+    """A regime's colour; an unknown regime gets the next colour of a cycle (and keeps it)."""
+    if regime in REGIME_COLORS:
+        return REGIME_COLORS[regime]
+    if regime not in _EXTRA_ASSIGNED:
+        _EXTRA_ASSIGNED[regime] = _EXTRA_COLORS[len(_EXTRA_ASSIGNED) % len(_EXTRA_COLORS)]
+    return _EXTRA_ASSIGNED[regime]
 
 
 def label(regime: str) -> str:
-    return REGIME_LABELS.get(regime, regime)
+    return design.label(regime)
 
 
 def regimes_in(df: pd.DataFrame) -> list[str]:
@@ -54,9 +61,15 @@ def search_rows(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
-    """Confirm rows of condition ``tuned`` at every IMP round (the sweep plus the final round)."""
+    """Confirm rows of condition ``tuned`` at every pruning round (the sweep plus the final round)."""
     t = trials[(trials["phase"] == "confirm") & (trials["condition"] == "tuned")]
     return t[t["prune_round"].notna()]
+
+
+def sweep_regimes(rows: pd.DataFrame) -> list[str]:
+    """Regimes with rows before the last round (``prune_round < rounds``): those that ran a sweep."""
+    early = rows[rows["prune_round"].notna() & rows["rounds"].notna() & (rows["prune_round"] < rows["rounds"])]
+    return regimes_in(early)
 
 
 def t_interval(values) -> tuple[float, float, float]:
@@ -202,11 +215,12 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, out_dir,
 
 
 # 4. accuracy against sparsity ---------------------------------------------------------------------
-def sparsity(trials: pd.DataFrame, out_dir, skipped: dict[str, str] | None = None) -> list[Path]:
+def sparsity(trials: pd.DataFrame, out_dir, skipped: dict[str, str] | None = None,
+             study_kind: str = design.LOTTERY) -> list[Path]:
     s = sweep_rows(trials)
     s = s[(s["status"] == "completed") & s["test_acc"].notna() & s["achieved_sparsity"].notna()]
-    s = s[s["regime"].isin(["winning_ticket", "random_reinit"])]
-    if s["prune_round"].nunique() < 2:
+    s = s[s["regime"].isin(sweep_regimes(s))]
+    if not len(s) or s["prune_round"].nunique() < 2:
         return _skip("sparsity", "no sparsity sweep (confirm rows of condition tuned at fewer than 2 rounds)",
                      skipped)
     fig, ax = plt.subplots(figsize=(7, 4.6))
@@ -231,25 +245,26 @@ def sparsity(trials: pd.DataFrame, out_dir, skipped: dict[str, str] | None = Non
     ax.minorticks_off()
     ax.set_xlabel("weights remaining (%), log scale")
     ax.set_ylabel("test accuracy (final epoch)")
-    ax.set_title("Test accuracy along the IMP rounds (tuned LRs): mean and 95% t interval")
+    rounds = "IMP rounds" if study_kind == design.LOTTERY else "pruning rounds"
+    ax.set_title(f"Test accuracy along the {rounds} (tuned LRs): mean and 95% t interval")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, Path(out_dir), "sparsity")
 
 
 # all of them --------------------------------------------------------------------------------------
-def build(trials: pd.DataFrame, epochs: pd.DataFrame, out_dir, summary: pd.DataFrame | None = None
-          ) -> tuple[list[Path], dict[str, str]]:
+def build(trials: pd.DataFrame, epochs: pd.DataFrame, out_dir, summary: pd.DataFrame | None = None,
+          study_kind: str = design.LOTTERY) -> tuple[list[Path], dict[str, str]]:
     """Draw every figure; return the written paths and ``{figure: why it was skipped}``."""
     skipped: dict[str, str] = {}
     paths = lr_curve(trials, out_dir, skipped)
     paths += confirmed(trials, out_dir, summary, skipped)
     paths += learning_curves(trials, epochs, out_dir, skipped)
-    paths += sparsity(trials, out_dir, skipped)
+    paths += sparsity(trials, out_dir, skipped, study_kind)
     return paths, skipped
 
 
 def make_all(study_dir, out_dir) -> list[Path]:
     res = Path(study_dir) / "results"
     trials, epochs = pd.read_parquet(res / "trials.parquet"), pd.read_parquet(res / "epochs.parquet")
-    return build(trials, epochs, out_dir)[0]
+    return build(trials, epochs, out_dir, study_kind=design.study_kind(study_dir))[0]

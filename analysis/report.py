@@ -2,7 +2,9 @@
 
 ``python -m analysis.report <study-folder> [--equivalence-margin POINTS]`` writes
 ``<study>/report/report.md``, ``<study>/report/report.html`` (self-contained: inline CSS, figures as
-base64 PNG) and the figures in ``<study>/report/figures/``.  The verdicts come first.
+base64 PNG) and the figures in ``<study>/report/figures/``.  The verdicts come first: one per
+condition and contrast of the study (``study.json``'s ``contrasts``, see ``analysis.design``; a study
+without them is a lottery study comparing the winning ticket with random re-initialisation).
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures
-from analysis.stats import DEFAULT_MARGIN_POINTS, compare_regimes, confirm_rows, summarize
-from analysis.summary import best_per_regime
+from analysis import design, figures
+from analysis.stats import DEFAULT_MARGIN_POINTS, compare_contrasts, confirm_rows, summarize
+from analysis.summary import best_per_regime, efficiency, si, times
 
-A, B = "winning_ticket", "random_reinit"
+A, B = design.DEFAULT_CONTRASTS[design.LOTTERY][0]  # the lottery pair, the default contrast
+TITLES = {design.LOTTERY: "Lottery-ticket study report", design.RETHINKING: "Rethinking-pruning study report"}
 CAPTIONS = {
     "lr_curve": "LR search: validation and test accuracy of every search trial against its LR "
                 "(x: diverged; star and dashed line: each regime's best LR on validation).",
@@ -30,6 +33,11 @@ CAPTIONS = {
                        "min to max.",
     "sparsity": "Test accuracy against weights remaining along the IMP rounds, condition tuned: mean and 95% "
                 "t interval over seeds.",
+}
+# captions that differ from CAPTIONS in studies of another kind than lottery
+OTHER_CAPTIONS = {
+    "sparsity": "Test accuracy against weights remaining along the pruning rounds, condition tuned: mean and "
+                "95% t interval over seeds.",
 }
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
        "line-height:1.45}table{border-collapse:collapse;margin:.6em 0 1.4em}th,td{border:1px solid #ccc;"
@@ -67,7 +75,8 @@ def _ci(lo, hi, f=_num) -> str:
 
 
 def verdict_lines(comparisons: pd.DataFrame) -> list[str]:
-    """One plain-language line per condition: the condition, the LRs, the verdict and its sentence."""
+    """One plain-language line per condition and contrast: the condition, the pair (by label) and
+    their LRs, the verdict and its sentence.  Rows without ``a``/``b`` columns are the lottery pair."""
     lines = []
     if comparisons is None or not len(comparisons):
         return lines
@@ -79,7 +88,11 @@ def verdict_lines(comparisons: pd.DataFrame) -> list[str]:
 
 
 # blocks: ("h1"|"h2"|"p", text) | ("ul", [items]) | ("table", headers, rows) | ("fig", name) --------
-def _md(blocks) -> str:
+def _caption(name: str, kind: str) -> str:
+    return CAPTIONS[name] if kind == design.LOTTERY else OTHER_CAPTIONS.get(name, CAPTIONS[name])
+
+
+def _md(blocks, kind: str = design.LOTTERY) -> str:
     out = []
     for b in blocks:
         if b[0] == "h1":
@@ -94,11 +107,11 @@ def _md(blocks) -> str:
             rows = [b[1], ["---"] * len(b[1]), *b[2]]
             out.append("\n".join("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows))
         elif b[0] == "fig":
-            out.append(f"![{b[1]}](figures/{b[1]}.png)\n\n*{CAPTIONS[b[1]]}* (also `figures/{b[1]}.svg`)")
+            out.append(f"![{b[1]}](figures/{b[1]}.png)\n\n*{_caption(b[1], kind)}* (also `figures/{b[1]}.svg`)")
     return "\n\n".join(out) + "\n"
 
 
-def _html(blocks, title: str, fig_dir: Path) -> str:
+def _html(blocks, title: str, fig_dir: Path, kind: str = design.LOTTERY) -> str:
     out = []
     for b in blocks:
         if b[0] in ("h1", "h2", "p"):
@@ -113,7 +126,7 @@ def _html(blocks, title: str, fig_dir: Path) -> str:
         elif b[0] == "fig":
             data = base64.b64encode((fig_dir / f"{b[1]}.png").read_bytes()).decode("ascii")
             out.append(f'<figure><img alt="{b[1]}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{html.escape(CAPTIONS[b[1]])}</figcaption></figure>")
+                       f"<figcaption>{html.escape(_caption(b[1], kind))}</figcaption></figure>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
 
@@ -147,20 +160,93 @@ def read_inputs(study_dir) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     return study, frames[0], frames[1]
 
 
-def comparisons(confirm: pd.DataFrame, margin_points: float) -> pd.DataFrame:
-    """Winning ticket vs random re-init (and late rewind vs random re-init where it ran), per condition."""
-    regs = set(confirm["regime"])
-    frames = []
-    for a in (A, "late_rewind"):
-        if a in regs and B in regs:
-            df = compare_regimes(confirm, a=a, b=B, margin_points=margin_points)
-            frames.append(df.assign(a=a, b=B))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def comparisons(confirm: pd.DataFrame, margin_points: float, contrasts: list[tuple[str, str]] | None = None,
+                study_kind: str = design.LOTTERY) -> pd.DataFrame:
+    """Every contrast (default: winning ticket vs random re-init) whose two regimes ran, per condition,
+    then the kind's supplementary contrasts where they ran (lottery: late rewind vs random re-init).
+    Columns of ``stats.COMPARE_COLUMNS`` plus ``a`` and ``b``."""
+    pairs = list(design.DEFAULT_CONTRASTS[design.LOTTERY] if contrasts is None else contrasts)
+    pairs += [p for p in design.supplementary_contrasts(study_kind) if p not in pairs]
+    present, _ = design.split_present(pairs, confirm["regime"].dropna() if len(confirm) else [])
+    if not present:
+        return pd.DataFrame()
+    return compare_contrasts(confirm, present, margin_points,
+                             names=lambda a, b: design.sentence_names(a, b, study_kind))
 
 
-def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS) -> dict:
+def _pairs(pairs) -> str:
+    return "; ".join(design.pair_label(a, b) for a, b in pairs)
+
+
+def _verdict_intro(kind: str, pairs: list[tuple[str, str]], margin_points: float) -> str:
+    if kind == design.LOTTERY:
+        return (f"Winning ticket against random re-initialisation of the same sparse network, each at "
+                f"its own learning rate per condition; test accuracy of the final epoch; equivalence "
+                f"margin ±{margin_points:g} accuracy points.")
+    claim = ""
+    if kind == design.RETHINKING:
+        claim = ("The claim (Liu et al. 2019, Rethinking the Value of Network Pruning): training the pruned "
+                 "architecture from scratch matches fine-tuning the pruned network. Scratch-E trains it from a "
+                 "fresh initialisation for as many epochs as the dense network was trained, Scratch-B for the "
+                 "same compute budget (more epochs, since the pruned network needs fewer FLOPs). ")
+    return (f"{claim}Contrasts (first regime minus second): {_pairs(pairs)}; each regime at its own learning "
+            f"rate per condition; test accuracy of the final epoch; equivalence margin ±{margin_points:g} "
+            f"accuracy points.")
+
+
+def _conditions_text(confirm: pd.DataFrame) -> str:
+    what = {"tuned": "at its chosen LR (condition tuned)", "fixed_small": "at a fixed small LR (fixed_small)",
+            "fixed_large": "at a fixed large LR (fixed_large)"}
+    conds = figures.conditions_in(confirm) if len(confirm) else ["tuned"]
+    parts = [what.get(c, f"in condition {c}") for c in conds]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _method(kind: str, confirm: pd.DataFrame, margin_points: float) -> str:
+    if kind == design.LOTTERY:
+        return ("Each regime's learning rate is tuned by its own search and chosen on validation accuracy (a split "
+                "held out of the training set); test accuracy is never used to choose. The confirmation retrains "
+                "each regime at its chosen LR (condition tuned) and at fixed small and large LRs with fresh seeds "
+                "not used in the search, and reports the test accuracy of the final epoch, never the best epoch. "
+                "Intervals are 95% t intervals over seeds. The difference is tested with a t test (paired where "
+                "seeds match); a 'no meaningful difference' verdict needs the two one-sided tests (TOST) to place "
+                f"the difference within ±{margin_points:g} accuracy points, not merely a large p-value.")
+    return ("Each regime's learning rate is tuned by its own search and chosen on validation accuracy (a split "
+            "held out of the training set); test accuracy is never used to choose. The confirmation retrains "
+            f"each regime {_conditions_text(confirm)} with fresh seeds not used in the search, and reports the "
+            "test accuracy of the final epoch, never the best epoch. Intervals are 95% t intervals over seeds. "
+            "The difference is tested with a t test (paired where seeds match); a 'no meaningful difference' "
+            "verdict needs the two one-sided tests (TOST) to place the difference within "
+            f"±{margin_points:g} accuracy points, not merely a large p-value.")
+
+
+def _efficiency_blocks(eff: pd.DataFrame) -> list:
+    if not len(eff):
+        return []
+    src = ("the confirmation runs of condition tuned" if eff["source"].iloc[0] == "confirm"
+           else "the search trials (no confirmation run carries these measurements)")
+    longer = (" (Scratch-B trains longer: the dense network's compute budget)"
+              if "scratch_b" in set(eff["regime"]) else "")
+    text = (f"Per regime, from {src}: parameters, forward FLOPs per example (2 per multiply-add) and median "
+            f"inference latency per batch of 256 of the pruned network against the dense one (means over the "
+            f"trials, latencies: medians; 'x fewer' and 'x faster' are dense / pruned), and the mean epochs of "
+            f"the regime's own training{longer}.")
+    rows = [[r["regime"], r["method"] or "-", int(r["n"]), _num(r["train_epochs"], ".4g"), si(r["params"]),
+             si(r["dense_params"]), times(r["params_ratio"]), si(r["flops"]), si(r["dense_flops"]),
+             times(r["flops_ratio"]), _num(r["latency_ms"], ".3g"), _num(r["dense_latency_ms"], ".3g"),
+             times(r["speedup"])] for _, r in eff.iterrows()]
+    return [("h2", "Efficiency (pruned network against the dense one)"), ("p", text),
+            ("table", ["regime", "method", "trials", "epochs trained", "params", "dense params", "x fewer params",
+                       "FLOPs", "dense FLOPs", "x fewer FLOPs", "latency (ms)", "dense latency (ms)", "x faster"],
+             rows)]
+
+
+def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
+                 contrasts: list[tuple[str, str]] | None = None, study_kind: str | None = None) -> dict:
     """Rebuild ``<study>/report/``; return {"markdown", "html", "figures", "skipped", "verdicts",
-    "verdict_lines", "summary", "search"}.  Raises ReportError on bad input, before writing anything."""
+    "verdict_lines", "summary", "search", "efficiency", "study_kind", "contrasts", "missing_contrasts"}.
+    ``contrasts`` and ``study_kind`` default to the study's ``study.json`` (``analysis.design``).
+    Raises ReportError on bad input, before writing anything."""
     try:
         margin_points = float(margin_points)
     except (TypeError, ValueError):
@@ -168,32 +254,49 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS) -> dic
     if not math.isfinite(margin_points) or margin_points <= 0:
         raise ReportError(f"--equivalence-margin must be a number of accuracy points > 0, got {margin_points}")
     study, trials, epochs = read_inputs(study_dir)
+    try:
+        kind = design.study_kind(study) if study_kind is None else study_kind
+        pairs = design.contrasts(study) if contrasts is None else design.parse_contrasts(contrasts)
+    except ValueError as e:
+        raise ReportError(str(e)) from None
     name = next(iter(trials["study"].dropna()), None) if "study" in trials else None
     name = name or study.name
+    title = f"{TITLES.get(kind, 'Pruning study report')}: {name}"
 
     confirm = confirm_rows(trials)
     summary = summarize(confirm) if len(confirm) else pd.DataFrame()
-    comp = comparisons(confirm, margin_points) if len(confirm) else pd.DataFrame()
+    comp = comparisons(confirm, margin_points, pairs, kind) if len(confirm) else pd.DataFrame()
+    missing = design.split_present(pairs, confirm["regime"].dropna())[1] if len(confirm) else []
     lines = verdict_lines(comp)
     search = best_per_regime(figures.search_rows(trials))
+    eff = efficiency(trials)
 
     out = study / "report"
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    paths, skipped = figures.build(trials, epochs, fig_dir, summary if len(summary) else None)
+    paths, skipped = figures.build(trials, epochs, fig_dir, summary if len(summary) else None, kind)
     for stale in figures.FIGURES:
         if stale in skipped:
             for ext in ("png", "svg"):
                 (fig_dir / f"{stale}.{ext}").unlink(missing_ok=True)
 
-    blocks: list = [("h1", f"Lottery-ticket study report: {name}"), ("h2", "Verdicts")]
+    blocks: list = [("h1", title), ("h2", "Verdicts")]
+    not_compared = (f"Not compared, a regime of the contrast has no confirmation runs: {_pairs(missing)}."
+                    if missing else None)
     if lines:
-        blocks += [("p", f"Winning ticket against random re-initialisation of the same sparse network, each at "
-                         f"its own learning rate per condition; test accuracy of the final epoch; equivalence "
-                         f"margin ±{margin_points:g} accuracy points."), ("ul", lines)]
+        blocks += [("p", _verdict_intro(kind, pairs, margin_points)), ("ul", lines)]
+        if not_compared:
+            blocks.append(("p", not_compared))
     elif len(confirm):
-        blocks.append(("p", f"No verdict: the confirmation runs lack {figures.label(A)} or {figures.label(B)} "
-                            f"(margin ±{margin_points:g} points)."))
+        if not pairs:
+            why = "this study declares no contrasts"
+        elif len(pairs) == 1 and missing:
+            why = f"the confirmation runs lack {figures.label(pairs[0][0])} or {figures.label(pairs[0][1])}"
+        elif len(missing) == len(pairs):
+            why = f"the confirmation runs lack a regime of every contrast ({_pairs(pairs)})"
+        else:
+            why = f"no condition of the confirmation runs has both regimes of a contrast ({_pairs(pairs)})"
+        blocks.append(("p", f"No verdict: {why} (margin ±{margin_points:g} points)."))
     else:
         blocks.append(("p", f"No verdict yet: this study has no confirmation runs, only the LR search "
                             f"(margin would be ±{margin_points:g} points)."))
@@ -210,6 +313,7 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS) -> dic
                       f"{int(r['n_a'])} / {int(r['n_b'])}", "yes" if r["paired"] else "no", _pts(r["diff"]),
                       _ci(r["low"], r["high"], _pts), _p(r["p_difference"]), _p(r["p_equivalence"]),
                       f"±{margin_points:g}", r["verdict"]] for _, r in comp.iterrows()])]
+    blocks += _efficiency_blocks(eff)
     blocks += [("h2", "LR search (one seed per LR; best LR chosen on validation accuracy)")]
     if len(search):
         blocks.append(("table", ["regime", "trials", "completed", "diverged", "best LR", "val acc", "test acc"],
@@ -223,22 +327,17 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS) -> dic
         blocks.append(("ul", [f"{f}: skipped ({why})" for f, why in skipped.items()]))
     blocks += [
         ("h2", "Method"),
-        ("p", "Each regime's learning rate is tuned by its own search and chosen on validation accuracy (a split "
-              "held out of the training set); test accuracy is never used to choose. The confirmation retrains "
-              "each regime at its chosen LR (condition tuned) and at fixed small and large LRs with fresh seeds "
-              "not used in the search, and reports the test accuracy of the final epoch, never the best epoch. "
-              "Intervals are 95% t intervals over seeds. The difference is tested with a t test (paired where "
-              "seeds match); a 'no meaningful difference' verdict needs the two one-sided tests (TOST) to place "
-              f"the difference within ±{margin_points:g} accuracy points, not merely a large p-value."),
+        ("p", _method(kind, confirm, margin_points)),
         ("p", f"The numbers come from {study / 'results' / 'trials.parquet'} ({len(trials)} trials) and "
               f"{study / 'results' / 'epochs.parquet'} ({len(epochs)} epoch rows), rebuilt by "
               f"`python -m analysis.report {study} --equivalence-margin {margin_points:g}`."),
     ]
     md_path, html_path = out / "report.md", out / "report.html"
-    _write(md_path, _md(blocks))
-    _write(html_path, _html(blocks, f"Lottery-ticket study report: {name}", fig_dir))
+    _write(md_path, _md(blocks, kind))
+    _write(html_path, _html(blocks, title, fig_dir, kind))
     return {"markdown": md_path, "html": html_path, "figures": paths, "skipped": skipped, "verdicts": comp,
-            "verdict_lines": lines, "summary": summary, "search": search}
+            "verdict_lines": lines, "summary": summary, "search": search, "efficiency": eff, "study_kind": kind,
+            "contrasts": pairs, "missing_contrasts": missing}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in res["verdict_lines"] or ["no verdict: no confirmation runs"]:
         print(line)
+    for a, b in res["missing_contrasts"]:
+        print(f"contrast {design.pair_label(a, b)} not compared: a regime has no confirmation runs")
     for f, why in res["skipped"].items():
         print(f"figure {f} skipped: {why}")
     print(f"report: {res['markdown']}\nreport: {res['html']}")

@@ -1,8 +1,11 @@
-"""Statistics of the claim test: does the winning ticket beat random re-initialisation?
+"""Statistics of the claim test: does regime a beat regime b, or are they equivalent?
 
+The contrasts come from the study (``analysis.design``): the lottery study sets the winning ticket
+against random re-initialisation, the rethinking study Scratch-E and Scratch-B against fine-tuning.
 Input is the trials table (``results/trials.parquet``, schema ``analysis.tables.TRIALS_SCHEMA``).
 Only confirmation runs take part: ``phase == "confirm"``, ``status == "completed"`` and
-``prune_round == rounds`` (earlier rounds are a sparsity sweep used elsewhere).  Diverged runs
+``prune_round == rounds`` or no ``prune_round`` at all (earlier rounds are a sparsity sweep used
+elsewhere).  Diverged runs
 count with their accuracy as is.  Accuracies are fractions (0..1); sentences speak in points
 (1 point = 0.01 accuracy).  Missing accuracies (NaN) are left out (a pair, when paired).
 
@@ -35,11 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from analysis.design import sort_regimes
 
 ALPHA = 0.05
 DEFAULT_MARGIN_POINTS = 1.0  # equivalence margin, in accuracy points (1 point = 0.01 accuracy)
@@ -198,9 +203,10 @@ def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
 
 
 def confirm_rows(trials: pd.DataFrame) -> pd.DataFrame:
-    """Completed confirmation runs at the final pruning round (``prune_round == rounds``)."""
-    keep = ((trials["phase"] == "confirm") & (trials["status"] == "completed")
-            & (trials["prune_round"] == trials["rounds"]))
+    """Completed confirmation runs at the final pruning round (``prune_round == rounds``, or a null
+    ``prune_round``: a trial that names no round is not part of a sweep)."""
+    final = (trials["prune_round"] == trials["rounds"]) | trials["prune_round"].isna()
+    keep = (trials["phase"] == "confirm") & (trials["status"] == "completed") & final
     return trials[keep.fillna(False).astype(bool)]
 
 
@@ -226,12 +232,13 @@ def _in_condition(rows: pd.DataFrame, condition) -> pd.DataFrame:
 
 
 def summarize(trials: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per (condition, regime) of the confirmation runs: LR, n, mean, sd and t interval of test_acc."""
+    """Per (condition, regime) of the confirmation runs: LR, n, mean, sd and t interval of test_acc
+    (conditions as ``_conditions`` orders them, regimes in ``analysis.design.REGIME_ORDER``)."""
     rows = confirm_rows(trials)
     out = []
     for cond in _conditions(rows):
         g = _in_condition(rows, cond)
-        for regime in pd.unique(g["regime"]):
+        for regime in sort_regimes(pd.unique(g["regime"])):
             r = g[g["regime"] == regime]
             iv = mean_interval(r["test_acc"], confidence)
             out.append({"condition": cond, "regime": regime, "lr": _lr(r["lr"]), "n": iv.n,
@@ -247,8 +254,11 @@ def _pairable(ra: pd.DataFrame, rb: pd.DataFrame) -> bool:
 
 
 def compare_regimes(trials: pd.DataFrame, a: str = "winning_ticket", b: str = "random_reinit",
-                    margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = ALPHA) -> pd.DataFrame:
-    """Regime ``a`` against regime ``b`` in each condition that has both (see the module docstring)."""
+                    margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = ALPHA,
+                    names: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Regime ``a`` against regime ``b`` in each condition that has both (see the module docstring).
+    ``names``: how the sentences name the two regimes (default: their ids ``a`` and ``b``)."""
+    names = (a, b) if names is None else names
     rows = confirm_rows(trials)
     out = []
     for cond in _conditions(rows):
@@ -260,9 +270,27 @@ def compare_regimes(trials: pd.DataFrame, a: str = "winning_ticket", b: str = "r
         if paired:
             ra, rb = ra.sort_values("seed"), rb.sort_values("seed")
         c = compare_arrays(ra["test_acc"].to_numpy(float), rb["test_acc"].to_numpy(float), paired=paired,
-                           margin_points=margin_points, alpha=alpha, names=(a, b))
+                           margin_points=margin_points, alpha=alpha, names=names)
         out.append({"condition": cond, "lr_a": _lr(ra["lr"]), "lr_b": _lr(rb["lr"]), "n_a": c.n_a,
                     "n_b": c.n_b, "paired": c.paired, "diff": c.diff, "low": c.low, "high": c.high,
                     "p_difference": c.p_difference, "p_equivalence": c.p_equivalence,
                     "margin": c.margin, "verdict": c.verdict, "sentence": c.sentence})
     return pd.DataFrame(out, columns=COMPARE_COLUMNS)
+
+
+def compare_contrasts(trials: pd.DataFrame, contrasts: Iterable[tuple[str, str]] | None = None,
+                      margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = ALPHA,
+                      names: Callable[[str, str], tuple[str, str]] | None = None) -> pd.DataFrame:
+    """``compare_regimes`` for every contrast ``(a, b)`` (default: the lottery pair), stacked in
+    contrast order, with columns ``a`` and ``b`` added; a contrast whose regimes did not both run
+    in some condition gives no row there.  ``names(a, b)``: the sentence's names (default: ids)."""
+    pairs = [("winning_ticket", "random_reinit")] if contrasts is None else list(contrasts)
+    frames = []
+    for a, b in pairs:
+        df = compare_regimes(trials, a=a, b=b, margin_points=margin_points, alpha=alpha,
+                             names=names(a, b) if names else None)
+        if len(df):
+            frames.append(df.assign(a=a, b=b))
+    if not frames:
+        return pd.DataFrame(columns=[*COMPARE_COLUMNS, "a", "b"])
+    return pd.concat(frames, ignore_index=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.design import LOTTERY, label, sort_regimes
+
 LR_MATCH_DECADES = 0.02  # trials within this distance in log10(lr) count as "the same LR"
 
 
@@ -19,9 +21,7 @@ def read_tables(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def best_per_regime(trials: pd.DataFrame) -> pd.DataFrame:
     """Per regime: trials run, diverged, best LR by validation accuracy, val/test accuracy there."""
     rows = []
-    known = ("winning_ticket", "random_reinit", "late_rewind")
-    order = sorted(trials["regime"].unique(), key=lambda r: (known.index(r) if r in known else len(known), r))
-    for regime in order:
+    for regime in sort_regimes(trials["regime"].unique()):
         g = trials[trials["regime"] == regime]
         ok = g[(g["status"] == "completed") & g["val_acc"].notna()]
         row = {"regime": regime, "trials": len(g), "completed": len(ok), "diverged": int(g["diverged"].sum()),
@@ -81,16 +81,117 @@ def sharing(epochs: pd.DataFrame) -> Sharing:
                    int((epochs["stage"] == "final").sum()))
 
 
+# efficiency ---------------------------------------------------------------------------------------
+EFFICIENCY_FIELDS = ("train_epochs", "params", "dense_params", "flops", "dense_flops", "latency_ms",
+                     "dense_latency_ms")
+EFFICIENCY_COLUMNS = ["regime", "method", "source", "n", "train_epochs", "params", "dense_params", "params_ratio",
+                      "flops", "dense_flops", "flops_ratio", "latency_ms", "dense_latency_ms", "speedup"]
+EFFICIENCY_SOURCES = {"confirm": "confirmation runs of condition tuned", "search": "search trials"}
+
+
+def _ratio(dense: float, pruned: float) -> float:
+    ok = all(x is not None and np.isfinite(x) for x in (dense, pruned)) and pruned > 0
+    return float(dense) / float(pruned) if ok else math.nan
+
+
+def efficiency(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per regime: the pruned network's size and speed against the dense one, and the epochs of the
+    regime's own training.
+
+    Rows: the completed confirmation runs of condition ``tuned`` at the final round that carry any
+    efficiency column; if there are none, the completed search trials that do (``source`` says
+    which).  Means of ``train_epochs``, ``params``, ``flops`` and their dense counterparts, medians of
+    the latencies; ``params_ratio`` and ``flops_ratio`` are dense / pruned ("x fewer"), ``speedup``
+    is dense latency / pruned latency ("x faster").  Empty when no row carries efficiency data.
+    """
+    from analysis.stats import confirm_rows
+    cols = [c for c in EFFICIENCY_FIELDS if c in trials.columns]
+    if not cols or not len(trials):
+        return pd.DataFrame(columns=EFFICIENCY_COLUMNS)
+    done = trials[(trials["status"] == "completed") & trials[cols].notna().any(axis=1)]
+    conf = confirm_rows(done)
+    conf = conf[conf["condition"] == "tuned"]
+    rows, source = (conf, "confirm") if len(conf) else (done[done["phase"] == "search"], "search")
+    def stat(g: pd.DataFrame, col: str, how: str = "mean") -> float:
+        v = pd.to_numeric(g[col], errors="coerce").dropna() if col in g else pd.Series(dtype=float)
+        return float(getattr(v, how)()) if len(v) else math.nan
+
+    out = []
+    for regime in sort_regimes(rows["regime"].dropna().unique()):
+        g = rows[rows["regime"] == regime]
+        methods = sorted(m for m in g["method"].dropna().unique()) if "method" in g else []
+        row = {"regime": regime, "method": ", ".join(map(str, methods)) or None, "source": source, "n": len(g),
+               "train_epochs": stat(g, "train_epochs"), "params": stat(g, "params"),
+               "dense_params": stat(g, "dense_params"), "flops": stat(g, "flops"), "dense_flops": stat(g, "dense_flops"),
+               "latency_ms": stat(g, "latency_ms", "median"),
+               "dense_latency_ms": stat(g, "dense_latency_ms", "median")}
+        row.update(params_ratio=_ratio(row["dense_params"], row["params"]),
+                   flops_ratio=_ratio(row["dense_flops"], row["flops"]),
+                   speedup=_ratio(row["dense_latency_ms"], row["latency_ms"]))
+        out.append(row)
+    return pd.DataFrame(out, columns=EFFICIENCY_COLUMNS)
+
+
+def si(x, digits: int = 3) -> str:
+    """``1234567`` -> ``"1.23M"``; ``"-"`` for a missing value."""
+    if x is None or not np.isfinite(float(x)):
+        return "-"
+    x = float(x)
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.{digits}g}{suffix}"
+    return f"{x:.{digits}g}"
+
+
+def times(x) -> str:
+    """A ratio as ``"3.70x"``; ``"-"`` when missing."""
+    return "-" if x is None or not np.isfinite(float(x)) else f"{float(x):.2f}x"
+
+
+def efficiency_lines(eff: pd.DataFrame) -> list[str]:
+    """The efficiency table as compact text lines (one per regime), for the summary."""
+    if eff is None or not len(eff):
+        return []
+    source = EFFICIENCY_SOURCES[eff["source"].iloc[0]]
+    lines = [f"Efficiency of the pruned networks against the dense one ({source}; FLOPs per example, latency per "
+             f"batch of 256; epochs of the regime's own training):", ""]
+    for _, r in eff.iterrows():
+        parts = []
+        if np.isfinite(r["params"]):
+            parts.append(f"{si(r['params'])} params ({times(r['params_ratio'])} fewer)")
+        if np.isfinite(r["flops"]):
+            parts.append(f"{si(r['flops'])} FLOPs ({times(r['flops_ratio'])} fewer)")
+        if np.isfinite(r["latency_ms"]):
+            parts.append(f"{r['latency_ms']:.3g} ms vs {_fmt(r['dense_latency_ms'], '.3g')} ms dense "
+                         f"({times(r['speedup'])} faster)")
+        if np.isfinite(r["train_epochs"]):
+            parts.append(f"{r['train_epochs']:.4g} epochs")
+        method = f" [{r['method']}]" if r["method"] else ""
+        lines.append(f"{r['regime']:<16} " + ", ".join(parts or ["-"]) + method)
+    return lines
+
+
+# the summary --------------------------------------------------------------------------------------
+_SHORT = {"winning_ticket": "winning", "random_reinit": "random", "late_rewind": "late"}
+
+
 def _fmt(x: float, spec: str = ".4f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
 def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: float | None = None,
-                   verdicts: list[str] | None = None) -> str:
-    """The verdicts first (when there was a confirmation), then the search, then the compute."""
+                   verdicts: list[str] | None = None, contrasts: list[tuple[str, str]] | None = None,
+                   study_kind: str = LOTTERY) -> str:
+    """The verdicts first (when there was a confirmation), then the search (with each contrast's
+    advantage, default: the lottery pair), the efficiency of the pruned networks, then the compute."""
     lines = [""]
     if verdicts:
         lines += ["Verdicts (confirmation on fresh seeds, test accuracy):", "", *verdicts, ""]
+    eff = efficiency(trials)
     trials = trials[trials["phase"] == "search"]
     best = best_per_regime(trials)
     lines += ["Search: each regime at its own best learning rate (chosen on validation accuracy):", ""]
@@ -98,19 +199,32 @@ def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: flo
     for _, r in best.iterrows():
         lines.append(f"{r['regime']:<16} {_fmt(r['best_lr'], '.3g'):>9} {_fmt(r['best_val_acc']):>8} "
                      f"{_fmt(r['test_acc']):>8} {r['trials']:>7} {r['diverged']:>8}")
-    adv = advantage(trials, best)
-    if len(adv):
-        lines += ["", "Winning ticket's test-accuracy advantage over random re-init:", ""]
-        lines.append(f"{'at':<26} {'lr':>9} {'winning':>8} {'random':>8} {'advantage':>10} {'trials':>7}")
+    shown = 0
+    for a, b in ([("winning_ticket", "random_reinit")] if contrasts is None else contrasts):
+        adv = advantage(trials, best, a, b)
+        if not len(adv):
+            continue
+        na, nb = _SHORT.get(a, label(a)), _SHORT.get(b, label(b))
+        wa, wb = max(8, len(na)), max(8, len(nb))
+        lines += ["", f"{_cap(label(a))}'s test-accuracy advantage over {label(b)}:", ""]
+        lines.append(f"{'at':<26} {'lr':>9} {na:>{wa}} {nb:>{wb}} {'advantage':>10} {'trials':>7}")
         for _, r in adv.iterrows():
-            lines.append(f"{r['at']:<26} {_fmt(r['lr'], '.3g'):>9} {_fmt(r['winning_ticket_test']):>8} "
-                         f"{_fmt(r['random_reinit_test']):>8} {_fmt(r['advantage'], '+.4f'):>10} {r['n']:>7}")
+            lines.append(f"{r['at']:<26} {_fmt(r['lr'], '.3g'):>9} {_fmt(r[f'{a}_test']):>{wa}} "
+                         f"{_fmt(r[f'{b}_test']):>{wb}} {_fmt(r['advantage'], '+.4f'):>10} {r['n']:>7}")
+        shown += 1
+    if shown:
         lines.append("(search: one seed per LR; the verdicts above rest on the confirmation's fresh seeds)"
                      if verdicts else "(one search seed per LR: a confirmation on fresh seeds gives intervals and verdicts)")
+    if len(eff):
+        lines += ["", *efficiency_lines(eff)]
     sh = sharing(epochs)
-    lines += ["", f"Artifact sharing: the trials started from {sh.used_epochs} epochs of pretraining and IMP, "
-                  f"of which {sh.trained_epochs} were trained; with their own {sh.final_epochs} epochs, "
-                  f"{100 * sh.saved_fraction:.0f}% of the training epochs were saved."]
+    if study_kind != LOTTERY and not sh.used_epochs:
+        lines += ["", f"Artifact sharing: none; the trials trained {sh.final_epochs} epochs of their own."]
+    else:
+        stages = "pretraining and IMP" if study_kind == LOTTERY else "pretraining and pruning"
+        lines += ["", f"Artifact sharing: the trials started from {sh.used_epochs} epochs of {stages}, "
+                      f"of which {sh.trained_epochs} were trained; with their own {sh.final_epochs} epochs, "
+                      f"{100 * sh.saved_fraction:.0f}% of the training epochs were saved."]
     if wall_seconds is not None:
         lines.append(f"Wall time: {wall_seconds:.0f} s.")
     return "\n".join(lines)

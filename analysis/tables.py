@@ -1,9 +1,11 @@
 """Trial records -> Parquet tables with explicit schemas (pyarrow).
 
-``results/trials.parquet``: one row per trial.  ``results/epochs.parquet``: one row per trial,
-training stage (pretrain, imp_round_<r>, final) and epoch.  Both are rebuilt from the trial
-records in ``records/`` (one JSON file per trial, keyed by trial id), so a trial is counted once
-however often the tables are written; writes are atomic.
+``results/trials.parquet``: one row per trial, with the pruning ``method``, the epochs of the
+regime's own training (``train_epochs``) and, from the record's ``efficiency`` dict, the pruned and
+dense parameter counts, forward FLOPs per example and inference latency (null in older records).
+``results/epochs.parquet``: one row per trial, training stage (pretrain, imp_round_<r>, final) and
+epoch.  Both are rebuilt from the trial records in ``records/`` (one JSON file per trial, keyed by
+trial id), so a trial is counted once however often the tables are written; writes are atomic.
 """
 from __future__ import annotations
 
@@ -28,7 +30,10 @@ TRIALS_SCHEMA = pa.schema([
     ("prune_round", pa.int64()), ("rewind_epoch", pa.int64()), ("target_sparsity", pa.float64()), ("achieved_sparsity", pa.float64()),
     ("layer_sparsity", pa.map_(pa.string(), pa.float64())), ("val_acc", pa.float64()),
     ("test_acc", pa.float64()), ("train_loss", pa.float64()), ("diverged", pa.bool_()),
-    ("diverged_stage", pa.string()), ("wall_seconds", pa.float64()), ("init_artifact", pa.string()),
+    ("diverged_stage", pa.string()), ("wall_seconds", pa.float64()),
+    ("method", pa.string()), ("train_epochs", pa.int64()), ("params", pa.int64()), ("dense_params", pa.int64()),
+    ("flops", pa.int64()), ("dense_flops", pa.int64()), ("latency_ms", pa.float64()),
+    ("dense_latency_ms", pa.float64()), ("init_artifact", pa.string()),
     ("pretrained_artifact", pa.string()), ("mask_artifact", pa.string()), ("rewind_artifact", pa.string()),
     ("reinit_artifact", pa.string()), ("trial_hash", pa.string()), ("study_hash", pa.string()),
     ("mlflow_run_id", pa.string()), ("error", pa.string()),
@@ -53,6 +58,10 @@ def _num(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
+def _int(x: Any) -> int | None:
+    return None if x is None else int(x)
+
+
 def load_records(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rec_dir = Path(study_dir) / "records"
     if not rec_dir.exists():
@@ -63,6 +72,7 @@ def load_records(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def trial_row(r: dict[str, Any]) -> dict[str, Any]:
     pipe, arts, seeds = r.get("pipeline", {}), r.get("artifacts", {}), r.get("seeds", {})
     lr = r.get("lr")
+    eff = r.get("efficiency") or {}
     return {
         "study": r["study"], "phase": r.get("phase", "search"), "condition": r.get("condition"),
         "regime": r["regime"], "trial_id": r["trial_id"], "status": r.get("status", "completed"), "lr": _num(lr),
@@ -82,6 +92,10 @@ def trial_row(r: dict[str, Any]) -> dict[str, Any]:
         "val_acc": _num(r.get("val_acc")), "test_acc": _num(r.get("test_acc")),
         "train_loss": _num(r.get("train_loss")), "diverged": bool(r.get("diverged", False)),
         "diverged_stage": r.get("diverged_phase"), "wall_seconds": _num(r.get("wall_seconds")),
+        "method": r.get("method"), "train_epochs": _int(r.get("train_epochs")),
+        "params": _int(eff.get("params")), "dense_params": _int(eff.get("dense_params")),
+        "flops": _int(eff.get("flops")), "dense_flops": _int(eff.get("dense_flops")),
+        "latency_ms": _num(eff.get("latency_ms")), "dense_latency_ms": _num(eff.get("dense_latency_ms")),
         "init_artifact": arts.get("init"), "pretrained_artifact": arts.get("pretrained"),
         "mask_artifact": arts.get("mask"), "rewind_artifact": arts.get("rewind"),
         "reinit_artifact": arts.get("reinit"), "trial_hash": r.get("trial_hash"),

@@ -44,7 +44,7 @@ def confirm_specs(opts: StudyOptions, best: dict[str, float]) -> list[dict[str, 
     specs = []
     for seed in confirm_seeds(opts):
         for regime in opts.regimes:
-            conditions = [("fixed_small", a.fixed_small_lr), ("fixed_large", a.fixed_large_lr)]
+            conditions = [] if a.no_fixed else [("fixed_small", a.fixed_small_lr), ("fixed_large", a.fixed_large_lr)]
             if regime in best:
                 conditions.insert(0, ("tuned", best[regime]))
             for condition, lr in conditions:
@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"study_dir already has a confirmation ({study_dir}); its report: python -m analysis.report {study_dir}")
     for key in ("confirm_seeds", "fixed_small_lr", "fixed_large_lr", "equivalence_margin", "no_sweep"):
         setattr(opts.args, key, getattr(args, key))
+    opts.args.no_fixed = args.no_fixed or opts.args.no_fixed  # a rethinking study has none by default
     opts.args.no_confirm = False
     if args.address:
         opts.args.address = args.address

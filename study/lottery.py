@@ -28,8 +28,10 @@ def trial_params(opts: StudyOptions) -> dict[str, object]:
 def write_study_json(opts: StudyOptions, study_hash: str) -> None:
     import ray
     import torch
+    kind = opts.args.study_kind
     info = {"name": opts.args.name, "study_hash": study_hash, "config": search_config(opts),
-            "command": [sys.executable, "-m", "study.lottery", *sys.argv[1:]],
+            "study_kind": kind, "contrasts": [list(c) for c in opts.contrasts],
+            "command": [sys.executable, "-m", f"study.{kind}", *sys.argv[1:]],
             "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts.args).items()},
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
             "created_at": time.time()}
@@ -63,7 +65,7 @@ def run_regime(opts: StudyOptions, regime: str, ctx, callback, concurrency: int,
         if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
             optuna.delete_study(study_name=name, storage=storage)
     searcher = OptunaSearch(
-        space=define_by_run(opts.lr_space, {"regime": regime, "seed": a.seed, "phase": "search"}),
+        space=define_by_run(opts.space_for(regime), {"regime": regime, "seed": a.seed, "phase": "search"}),
         metric="val_acc", mode="max",
         sampler=optuna.samplers.TPESampler(seed=a.seed, n_startup_trials=a.startup_trials),
         study_name=name, storage=storage)
@@ -107,7 +109,9 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
         study_dir.mkdir(parents=True)
         write_study_json(opts, study_hash)
         print(f"Study {a.name}: regimes {', '.join(opts.regimes)}, {a.num_samples} trials each, "
-              f"LR {a.lr_min:g}..{a.lr_max:g}" + (f" on {a.lr_grid} points per decade" if a.lr_grid else " (continuous)")
+              f"LR {a.lr_min:g}..{a.lr_max:g}"
+              + "".join(f" ({r}: {s.lr_min:g}..{s.lr_max:g})" for r, s in (opts.lr_spaces or {}).items())
+              + (f" on {a.lr_grid} points per decade" if a.lr_grid else " (continuous)")
               + f"\nfolder {study_dir}", flush=True)
     else:
         study_hash = json.loads((study_dir / "study.json").read_text())["study_hash"]
@@ -172,7 +176,8 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
         write_tables(study_dir)
         trials, epochs = read_tables(study_dir)
         report = build_report(study_dir, a.equivalence_margin)
-        summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"])
+        summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"],
+                                 report["contrasts"], report["study_kind"])
         (study_dir / "summary.txt").write_text(summary + "\n")
         best = best_per_regime(trials[trials["phase"] == "search"])
         metrics = {f"{r['regime']}/{k}": float(r[k]) for _, r in best.iterrows()
@@ -185,7 +190,9 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
         tracker.finish_parent(metrics, files, status)
     print(summary)
     print(f"\nResults: {study_dir / 'results'}  |  report: {report['html']}"
-          f"\nMLflow UI: mlflow ui --backend-store-uri {uri}")
+          + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
+             f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"
+             if not opts.args.mlflow_uri else f"\nMLflow: {uri} (experiment {opts.args.name})"))
     return 0 if status == "FINISHED" else 130
 
 

@@ -17,7 +17,10 @@ from trainables.data import DATASETS
 from trainables.models import MODELS
 from trainables.pipeline import PipelineConfig
 from trainables.pruning import SCOPES
+
+METHODS = ("magnitude", "l1-filter", "slimming")
 from trainables.regimes import DEFAULT_REGIMES, REGIMES
+from trainables.structured import PRESETS
 from trainables.training import SCHEDULES
 from search_spaces.lottery import LrSpace
 
@@ -113,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prune-layers", type=_csv(str), default=None,
                    help="comma-separated layer names to prune, e.g. net.1,net.3 (default: every Linear/Conv layer)")
     r.add_argument("--rewind-epoch", type=int, default=1, help="k of late_rewind (theta_k)")
+    r.add_argument("--method", default="magnitude",
+                   help=f"how to prune, one of: {', '.join(METHODS)} (magnitude: weight masks by IMP; "
+                        "l1-filter: remove each conv's filters of smallest L1 norm (Li et al.); slimming: "
+                        "L1 penalty on BatchNorm scales in pretraining, then remove the channels under one "
+                        "global threshold (Liu et al.); structured methods remove channels physically)")
+    r.add_argument("--prune-ratio", type=float, default=0.5,
+                   help="structured methods: fraction of each prunable layer's channels removed (slimming: of all channels)")
+    r.add_argument("--preset", default=None,
+                   help=f"l1-filter: the paper's per-layer ratios instead of --prune-ratio, one of: {', '.join(PRESETS)}")
+    r.add_argument("--slimming-penalty", type=float, default=1e-4, help="slimming: L1 strength on BatchNorm scales")
+    r.add_argument("--fine-tune-epochs", type=int, default=None, help="fine_tune's epochs F (default: --epochs)")
+    r.add_argument("--fine-tune-lr-min", type=float, default=1e-4, help="fine_tune's own LR range: lower end")
+    r.add_argument("--fine-tune-lr-max", type=float, default=1e-1, help="fine_tune's own LR range: upper end")
+    r.add_argument("--scratch-b-cap", type=float, default=2.0,
+                   help="scratch_b trains E * FLOPs(dense)/FLOPs(pruned) epochs, at most this many times E")
+    p.set_defaults(study_kind="lottery")
     x = p.add_argument_group("execution and storage")
     x.add_argument("--root", default="studies", help="folder that holds study folders")
     x.add_argument("--name", default=None, help="study name, the folder under --root (default: lottery-<hash of the settings that change results>)")
@@ -147,9 +166,11 @@ def add_confirm_flags(g) -> None:
                    help="the paper's contrast: every regime also at this small fixed LR")
     g.add_argument("--fixed-large-lr", type=float, default=0.3, help="... and at this large fixed LR")
     g.add_argument("--equivalence-margin", type=float, default=1.0,
-                   help="equivalence margin of the winning ticket's advantage, in accuracy points")
+                   help="equivalence margin of a regime's advantage (e.g. the winning ticket's), in accuracy points")
     g.add_argument("--no-sweep", action="store_true",
                    help="skip the sparsity sweep (both regimes at every IMP round's mask, at the tuned LR)")
+    g.add_argument("--no-fixed", action="store_true",
+                   help="skip the fixed-LR conditions (the default of study.rethinking)")
 
 
 def check_confirm_flags(a: argparse.Namespace) -> None:
@@ -167,6 +188,15 @@ class StudyOptions:
     pipeline: PipelineConfig
     lr_space: LrSpace
     regimes: tuple[str, ...]
+    lr_spaces: dict[str, LrSpace] | None = None  # regimes searched in their own range (fine_tune)
+
+    def space_for(self, regime: str) -> LrSpace:
+        return (self.lr_spaces or {}).get(regime, self.lr_space)
+
+    @property
+    def contrasts(self) -> list[tuple[str, str]]:
+        """The claim's pairs (a, b): regime a's test-accuracy advantage over regime b."""
+        return contrasts_for(self.regimes)
 
     @property
     def study_dir(self) -> Path:
@@ -195,6 +225,14 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
         space.check()
     except ValueError as e:
         raise BadFlag("--lr-grid", f"is too coarse: {e}") from None
+    if "fine_tune" in a.regimes:
+        _check(a.fine_tune_lr_min > 0, "--fine-tune-lr-min", f"must be > 0 (got {a.fine_tune_lr_min:g})")
+        _check(a.fine_tune_lr_max > a.fine_tune_lr_min, "--fine-tune-lr-max",
+               f"must be greater than --fine-tune-lr-min (got {a.fine_tune_lr_max:g} <= {a.fine_tune_lr_min:g})")
+        try:
+            LrSpace(a.fine_tune_lr_min, a.fine_tune_lr_max, a.lr_grid).check()
+        except ValueError as e:
+            raise BadFlag("--lr-grid", f"is too coarse for fine_tune's range: {e}") from None
     _check(a.startup_trials >= 1, "--startup-trials", f"must be >= 1 (got {a.startup_trials})")
     check_confirm_flags(a)
     _check(a.dataset in DATASETS, "--dataset", f"must be one of {', '.join(DATASETS)} (got {a.dataset!r})")
@@ -214,6 +252,19 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     _check(a.rounds >= 1, "--rounds", f"must be >= 1 (got {a.rounds})")
     _check(a.prune_scope in SCOPES, "--prune-scope", f"must be one of {', '.join(SCOPES)} (got {a.prune_scope!r})")
     _check(0 <= a.rewind_epoch < a.epochs or "late_rewind" not in a.regimes, "--rewind-epoch", f"must be in [0, --epochs) (got {a.rewind_epoch})")
+    _check(a.method in METHODS, "--method", f"must be one of {', '.join(METHODS)} (got {a.method!r})")
+    structured = a.method != "magnitude"
+    _check(not structured or a.rounds == 1, "--rounds", f"must be 1 with a structured --method (got {a.rounds})")
+    _check(0 < a.prune_ratio < 1, "--prune-ratio", f"must be in (0, 1) (got {a.prune_ratio:g})")
+    _check(a.preset is None or a.preset in PRESETS, "--preset", f"must be one of {', '.join(PRESETS)} (got {a.preset!r})")
+    _check(a.preset is None or a.method == "l1-filter", "--preset", f"applies to --method l1-filter only (got {a.method})")
+    _check(a.slimming_penalty >= 0, "--slimming-penalty", f"must be >= 0 (got {a.slimming_penalty:g})")
+    _check(a.fine_tune_epochs is None or a.fine_tune_epochs >= 1, "--fine-tune-epochs", f"must be >= 1 (got {a.fine_tune_epochs})")
+    _check(a.scratch_b_cap >= 1, "--scratch-b-cap", f"must be >= 1 (got {a.scratch_b_cap:g})")
+    _check(not {"late_rewind"} & set(a.regimes) or not structured, "--regimes",
+           "late_rewind needs --method magnitude (it rewinds IMP itself)")
+    _check(not {"winning_ticket", "random_reinit"} & set(a.regimes) or not structured, "--regimes",
+           "winning_ticket and random_reinit need --method magnitude (theta_0 * m); for a structured network use scratch_e")
     _check(a.cpus_per_trial > 0, "--cpus-per-trial", f"must be > 0 (got {a.cpus_per_trial:g})")
     _check(a.gpus_per_trial >= 0, "--gpus-per-trial", f"must be >= 0 (got {a.gpus_per_trial:g})")
     _check(a.gpus_per_trial <= 1 or float(a.gpus_per_trial).is_integer(), "--gpus-per-trial",
@@ -239,9 +290,12 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
         weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
         target_sparsity=a.sparsity, rounds=a.rounds, prune_scope=a.prune_scope,
         prune_layers=a.prune_layers, rewind_epoch=a.rewind_epoch, lr_coupling=a.lr_coupling,
-        pretrain_lr=a.pretrain_lr)
+        pretrain_lr=a.pretrain_lr, method=a.method, prune_ratio=a.prune_ratio, preset=a.preset,
+        slimming_penalty=a.slimming_penalty, fine_tune_epochs=a.fine_tune_epochs, scratch_b_cap=a.scratch_b_cap)
     if a.prune_layers is not None:
         _check_layers(pipe)
+    if structured:
+        _check_structured(pipe)
     if a.storage is not None:
         if "://" in a.storage:
             scheme = a.storage.split("://", 1)[0]
@@ -251,9 +305,9 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
             _check(not Path(a.storage).exists() or Path(a.storage).is_dir(), "--storage",
                    f"must be a folder ({a.storage} is a file)")
             a.storage = str(Path(a.storage).resolve())
-    opts = StudyOptions(a, pipe, space, tuple(a.regimes))
+    opts = StudyOptions(a, pipe, space, tuple(a.regimes), lr_spaces(a))
     if a.name is None:
-        a.name = f"lottery-{config_hash(opts)[:10]}"
+        a.name = f"{a.study_kind}-{config_hash(opts)[:10]}"
     if a.resume:
         _check((opts.study_dir / "study.json").exists(), "--resume",
                f"needs an existing study folder with study.json; {opts.study_dir} has none (check --name and --root)")
@@ -278,6 +332,37 @@ def resumed_options(study_dir: Path, given: argparse.Namespace, argv: Sequence[s
     return opts
 
 
+def lr_spaces(a: argparse.Namespace) -> dict[str, LrSpace]:
+    """Regimes searched in a range of their own: fine-tuning needs lower LRs than training from scratch."""
+    return {"fine_tune": LrSpace(a.fine_tune_lr_min, a.fine_tune_lr_max, a.lr_grid)} if "fine_tune" in a.regimes else {}
+
+
+def contrasts_for(regimes: Sequence[str]) -> list[tuple[str, str]]:
+    """Each study's claim as pairs (a, b) of regimes present: a's advantage over b."""
+    pairs = [("winning_ticket", "random_reinit"), ("scratch_e", "fine_tune"), ("scratch_b", "fine_tune"),
+             ("lr_rewind", "fine_tune"), ("random_prune", "scratch_e")]
+    return [(x, y) for x, y in pairs if x in regimes and y in regimes]
+
+
+def _check_structured(pipe: PipelineConfig) -> None:
+    """A structured method needs layers whose channels it can remove (and slimming BatchNorm)."""
+    from torch import nn
+
+    from trainables.models import build_model
+    from trainables.structured import preset_layer_ratios, prunable_convs
+    entry = DATASETS[pipe.dataset]
+    model = build_model(pipe.model, entry.input_shape, entry.num_classes, pipe.widths)
+    _check(bool(prunable_convs(model)), "--method", f"{pipe.method} finds no prunable channels in --model {pipe.model}")
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    _check(pipe.method != "slimming" or has_bn, "--method",
+           f"slimming needs a model with BatchNorm (vgg*, resnet*), not {pipe.model}")
+    if pipe.preset:
+        try:
+            preset_layer_ratios(pipe.preset, model)
+        except ValueError as e:
+            raise BadFlag("--preset", str(e)) from None
+
+
 def _check_layers(pipe: PipelineConfig) -> None:
     from trainables.models import build_model, prunable_layers
     entry = DATASETS[pipe.dataset]
@@ -293,7 +378,10 @@ def search_config(opts: StudyOptions) -> dict[str, Any]:
             "regimes": list(opts.regimes), "num_samples": a.num_samples, "lr_min": a.lr_min,
             "lr_max": a.lr_max, "lr_grid": a.lr_grid, "startup_trials": a.startup_trials, "seed": a.seed,
             "confirm": None if a.no_confirm else {"seeds": a.confirm_seeds, "fixed_small_lr": a.fixed_small_lr,
-                                                  "fixed_large_lr": a.fixed_large_lr, "sweep": not a.no_sweep}}
+                                                  "fixed_large_lr": a.fixed_large_lr, "sweep": not a.no_sweep,
+                                                  **({"fixed": False} if a.no_fixed else {})},
+            **({"study_kind": a.study_kind} if a.study_kind != "lottery" else {}),
+            **({"lr_spaces": {r: [s.lr_min, s.lr_max] for r, s in opts.lr_spaces.items()}} if opts.lr_spaces else {})}
 
 
 def config_hash(opts: StudyOptions) -> str:
@@ -317,12 +405,12 @@ def options_from_study(study_dir: Path) -> StudyOptions:
     pipe = dict(info["config"]["pipeline"], data_dir=a.data_dir)
     for key in ("widths", "prune_layers"):
         pipe[key] = tuple(pipe[key]) if pipe[key] else None
-    return StudyOptions(a, PipelineConfig(**pipe), LrSpace(a.lr_min, a.lr_max, a.lr_grid), tuple(a.regimes))
+    return StudyOptions(a, PipelineConfig(**pipe), LrSpace(a.lr_min, a.lr_max, a.lr_grid), tuple(a.regimes), lr_spaces(a))
 
 
-def parse(argv: Sequence[str] | None = None) -> StudyOptions:
+def parse(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> StudyOptions:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         return validate(args, argv)

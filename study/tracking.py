@@ -15,6 +15,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI (traces) overview; this kind opens
+# it on the runs table, where the regimes are compared.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def _flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
@@ -35,9 +38,13 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
+                                                               tags=EXPERIMENT_TAGS)
         else:
             self.experiment_id = exp.experiment_id
+            for k, v in EXPERIMENT_TAGS.items():
+                if exp.tags.get(k) != v:
+                    self.client.set_experiment_tag(self.experiment_id, k, v)
         self.parent_id: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Ray Tune pickles callbacks with its experiment state
@@ -113,10 +120,12 @@ class MlflowTracker:
             for e in phase["history"]:
                 rows += [(f"{phase['name']}/{k}", e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc")]
         for e in record.get("history", []):
-            rows += [(k, e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc", "lr")]
+            rows += [(k, e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc")]
+            rows.append(("epoch_lr", e["lr"], e["epoch"]))  # not "lr": that is the trial's param
         final = {"final_val_acc": record.get("val_acc"), "final_test_acc": record.get("test_acc"),
                  "achieved_sparsity": record.get("achieved_sparsity"),
-                 "diverged": float(bool(record.get("diverged"))), "wall_seconds": record.get("wall_seconds")}
+                 "diverged": float(bool(record.get("diverged"))), "wall_seconds": record.get("wall_seconds"),
+                 "train_epochs": record.get("train_epochs"), **(record.get("efficiency") or {})}
         rows += [(k, v, 0) for k, v in final.items() if v is not None and not _isnan(v)]
         self.log_metrics(run_id, rows, skip=run.data.metrics)
         tags = [RunTag(f"artifact.{k}", v) for k, v in record.get("artifacts", {}).items()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -44,6 +44,18 @@ class PipelineConfig:
     rewind_epoch: int = 1
     lr_coupling: str = "all"  # "all": the trial LR drives pretraining, IMP and retraining; "retrain"
     pretrain_lr: float = 0.1  # LR of pretraining and IMP rounds when lr_coupling == "retrain"
+    # how the network is pruned: "magnitude" (masks, IMP above) or a structured method that removes
+    # channels (trainables.structured: "l1-filter", "slimming")
+    method: str = "magnitude"
+    prune_ratio: float = 0.5  # structured: fraction of each prunable layer's channels removed
+    preset: str | None = None  # structured: the paper's per-layer ratios (trainables.structured.PRESETS)
+    slimming_penalty: float = 1e-4  # slimming: L1 strength on BN scales during pretraining
+    fine_tune_epochs: int | None = None  # fine_tune's epochs F (default: epochs)
+    scratch_b_cap: float = 2.0  # scratch_b: at most this many times the epochs of scratch_e
+
+    @property
+    def structured(self) -> bool:
+        return self.method != "magnitude"
 
     def data_spec(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "data_seed": self.data_seed, "val_fraction": self.val_fraction}
@@ -60,11 +72,33 @@ class PipelineConfig:
     def pretrain_lr_for(self, trial_lr: float) -> float:
         return trial_lr if self.lr_coupling == "all" else self.pretrain_lr
 
+    def pretrain_spec(self, trial_lr: float, seed: int) -> TrainSpec:
+        """Pretraining (and IMP rounds): slimming adds its L1 penalty on BN scales."""
+        spec = self.train_spec(self.pretrain_lr_for(trial_lr), seed)
+        return replace(spec, bn_l1=self.slimming_penalty) if self.method == "slimming" else spec
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["widths"] = list(self.widths) if self.widths else None
         d["prune_layers"] = list(self.prune_layers) if self.prune_layers else None
         return d
+
+
+def efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], device: torch.device,
+               masks: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Parameters, FLOPs per example and median inference latency (batch of 256) of the dense and
+    the pruned network.  A masked network (``masks``) counts only surviving weights and their FLOPs,
+    but runs at the dense network's speed: zeros in a dense kernel cost the same."""
+    from trainables import efficiency as eff
+    dense_latency = eff.latency_ms(dense, input_shape, device=str(device))["median_ms"]
+    if masks is not None:
+        return {"params": eff.count_nonzero_params(dense, masks), "dense_params": eff.count_params(dense),
+                "flops": eff.masked_flops(dense, masks, input_shape), "dense_flops": eff.count_flops(dense, input_shape),
+                "latency_ms": dense_latency, "dense_latency_ms": dense_latency}
+    return {"params": eff.count_params(pruned), "dense_params": eff.count_params(dense),
+            "flops": eff.count_flops(pruned, input_shape), "dense_flops": eff.count_flops(dense, input_shape),
+            "latency_ms": eff.latency_ms(pruned, input_shape, device=str(device))["median_ms"],
+            "dense_latency_ms": dense_latency}
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -135,6 +169,34 @@ class Pipeline:
                   "scope": self.cfg.prune_scope, "layers": list(self.cfg.prune_layers or []) or None}
         return self.store.get_or_create("mask", spec_d, compute)
 
+    def prune_channels(self, weights: Artifact, method: str, seed: int = 0,
+                       layer_ratios: dict[str, float] | None = None) -> Artifact:
+        """The structured-pruned network of ``weights``: channels physically removed by ``method``
+        (``trainables.structured``), the survivors keeping their values; its meta holds what rebuilds
+        the architecture and the dense and pruned networks' parameters, FLOPs and latency."""
+        from trainables.structured import StructuredSpec, prune_structured, pruned_state
+        cfg = self.cfg
+        preset = None if (method == "slimming" or layer_ratios) else cfg.preset
+        spec = StructuredSpec(method, ratio=cfg.prune_ratio, layer_ratios=layer_ratios, preset=preset, seed=seed)
+
+        def compute(tmp):
+            model = self.new_model()
+            model.load_state_dict(weights.tensors())
+            example = torch.zeros(1, *self.splits.input_shape, device=self.device)
+            pruned = prune_structured(model, spec, example)
+            state = pruned_state(pruned)
+            save_tensors(tmp, state.pop("state_dict"))
+            return {**state, "efficiency": efficiency(model, pruned, self.splits.input_shape, self.device)}
+        key = {"weights": weights.name, "method": method, "ratio": None if preset or layer_ratios else cfg.prune_ratio,
+               "preset": preset, "layer_ratios": layer_ratios, "seed": seed if method == "random-channel" else None}
+        return self.store.get_or_create("arch", key, compute)
+
+    def restore(self, arch: Artifact) -> nn.Module:
+        """The pruned network of a ``prune_channels`` artifact, with its weights."""
+        from trainables.structured import restore_pruned
+        state = {k: arch.meta[k] for k in ("format", "input_shape", "channels", "widths")}
+        return restore_pruned(self.new_model(), {**state, "state_dict": arch.tensors()}).to(self.device)
+
     # -- compositions --------------------------------------------------------------------------
     def imp(self, lr: float, seed: int, rewind_epoch: int = 0) -> "ImpResult":
         """Pretrain, then R rounds of magnitude pruning, rewinding survivors to epoch ``rewind_epoch``.
@@ -144,11 +206,11 @@ class Pipeline:
         A diverged training ends the chain: there are no meaningful magnitudes to prune by.
         """
         cfg = self.cfg
-        spec = cfg.train_spec(cfg.pretrain_lr_for(lr), seed)
+        spec = cfg.pretrain_spec(lr, seed)
         theta0 = self.init(seed)
         dense = self.train(theta0, None, spec, cfg.epochs)
         phases = [Phase("pretrain", dense.name, dense.meta["history"], 0.0)]
-        result = ImpResult(theta0=theta0, rewind=theta0, pretrained=dense, masks=[], phases=phases)
+        result = ImpResult(theta0=theta0, rewind=theta0, pretrained=dense, masks=[], phases=phases, trained=[])
         if dense.meta["diverged"]:
             return result
         if rewind_epoch > 0:
@@ -158,6 +220,7 @@ class Pipeline:
         for r in range(1, cfg.rounds + 1):
             mask = self.prune(trained, mask, fraction, r)
             result.masks.append(mask)
+            result.trained.append(trained)  # theta_E of round r: the weights mask r was chosen from
             if r == cfg.rounds:
                 break
             trained = self.train(result.rewind, mask, spec, cfg.epochs)
@@ -174,6 +237,7 @@ class ImpResult:
     pretrained: Artifact
     masks: list[Artifact]
     phases: list[Phase]
+    trained: list[Artifact]  # trained[r-1]: the trained weights mask r was chosen from
 
     @property
     def diverged(self) -> bool:

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from trainables.pipeline import ImpResult, Phase, Pipeline, derive_seed
-from trainables.pruning import sparsity
+from trainables.artifacts import Artifact
+from trainables.pipeline import ImpResult, Phase, Pipeline, derive_seed, efficiency
+from trainables.pruning import random_masks_like, sparsity
 
 
 @dataclass
@@ -23,10 +25,21 @@ class Start:
     artifacts: dict[str, str]
     seeds: dict[str, int] = field(default_factory=dict)
     diverged_phase: str | None = None
+    model: nn.Module | None = None  # a structured-pruned network (its weights in it), else build one
+    train: dict[str, Any] = field(default_factory=dict)  # the regime's own TrainSpec changes (epochs, schedule)
+    efficiency: dict[str, Any] = field(default_factory=dict)  # params, FLOPs, latency: dense and pruned
+
+    @property
+    def ready(self) -> bool:
+        return self.weights is not None or self.model is not None
 
     @property
     def sparsity(self) -> tuple[float, dict[str, float]]:
-        return sparsity(self.masks) if self.masks else (0.0, {})
+        if self.masks:
+            return sparsity(self.masks)
+        if self.efficiency.get("dense_params"):  # structured: the share of parameters removed
+            return 1.0 - self.efficiency["params"] / self.efficiency["dense_params"], {}
+        return 0.0, {}
 
 
 def _from_imp(imp: ImpResult, weights_from, seeds: dict[str, int] | None, prune_round: int) -> Start:
@@ -66,6 +79,125 @@ def late_rewind(p: Pipeline, lr: float, seed: int, prune_round: int | None = Non
                      {"rewind_epoch": k}, prune_round or p.cfg.rounds)
 
 
+# -- the rethinking regimes (Liu et al., 2019): what to do with a pruned network ----------------
+# Each works on a magnitude mask (the IMP of the pipeline, the round given) and on a structured-pruned
+# network whose channels are gone (``--method l1-filter`` / ``slimming``) alike.
+
+@dataclass
+class Pruned:
+    """The pruned network a rethinking regime starts from: a mask or a smaller architecture."""
+
+    theta0: Artifact
+    trained: Artifact | None  # theta_E: the trained weights the pruning chose from
+    phases: list[Phase]
+    artifacts: dict[str, str]
+    mask: Artifact | None = None  # method "magnitude"
+    arch: Artifact | None = None  # structured methods
+    diverged_phase: str | None = None
+
+
+def pruned_network(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Pruned:
+    cfg = p.cfg
+    if not cfg.structured:
+        imp = p.imp(lr, seed)
+        r = prune_round or cfg.rounds
+        arts = {"init": imp.theta0.name, "pretrained": imp.pretrained.name}
+        if r < 1 or r > len(imp.masks):
+            return Pruned(imp.theta0, None, imp.phases, arts, diverged_phase=imp.phases[-1].name)
+        arts.update(mask=imp.masks[r - 1].name, trained=imp.trained[r - 1].name)
+        return Pruned(imp.theta0, imp.trained[r - 1], imp.phases[:r], arts, mask=imp.masks[r - 1])
+    theta0 = p.init(seed)
+    dense = p.train(theta0, None, cfg.pretrain_spec(lr, seed), cfg.epochs)
+    phases = [Phase("pretrain", dense.name, dense.meta["history"], 0.0)]
+    arts = {"init": theta0.name, "pretrained": dense.name}
+    if dense.meta["diverged"]:
+        return Pruned(theta0, None, phases, arts, diverged_phase="pretrain")
+    arch = p.prune_channels(dense, cfg.method)
+    arts["arch"] = arch.name
+    return Pruned(theta0, dense, phases, arts, arch=arch)
+
+
+def _begin(p: Pipeline, pr: Pruned, weights: str, seeds: dict[str, int], train: dict[str, Any]) -> Start:
+    """The regime's start on ``pr``: ``weights`` "trained" (theta_E), or "reinit" (a fresh draw,
+    seed ``seeds['reinit_seed']``) on the pruned network."""
+    if pr.trained is None:
+        return Start(None, None, pr.phases, pr.artifacts, seeds, diverged_phase=pr.diverged_phase)
+    shape = p.splits.input_shape
+    if pr.mask is not None:
+        masks = pr.mask.tensors()
+        arts = dict(pr.artifacts)
+        if weights == "trained":
+            w = pr.trained.tensors()
+        else:
+            art = p.init(seeds["reinit_seed"])
+            w, arts["reinit"] = art.tensors(), art.name
+        dense = p.new_model()
+        return Start(w, masks, pr.phases, arts, seeds, train=train,
+                     efficiency=efficiency(dense, dense, shape, p.device, masks=masks))
+    from trainables.structured import reinitialise
+    model = p.restore(pr.arch)
+    if weights == "reinit":
+        model = reinitialise(model, seeds["reinit_seed"])
+    return Start(None, None, pr.phases, pr.artifacts, seeds, model=model, train=train,
+                 efficiency=pr.arch.meta["efficiency"])
+
+
+def fine_tune(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
+    """theta_E on the pruned network, fine-tuned at a small constant LR for F epochs."""
+    epochs = p.cfg.fine_tune_epochs or p.cfg.epochs
+    return _begin(p, pruned_network(p, lr, seed, prune_round), "trained", {},
+                  {"epochs": epochs, "schedule": "constant", "warmup_epochs": 0})
+
+
+def lr_rewind(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
+    """theta_E on the pruned network, retrained with the original LR schedule replayed (Renda et al., 2020)."""
+    return _begin(p, pruned_network(p, lr, seed, prune_round), "trained", {}, {})
+
+
+def scratch_e(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
+    """The pruned network from a fresh random initialisation, trained for the dense network's E epochs."""
+    reinit = derive_seed(seed, "scratch")
+    return _begin(p, pruned_network(p, lr, seed, prune_round), "reinit", {"reinit_seed": reinit}, {})
+
+
+def scratch_b_epochs(epochs: int, dense_flops: float, pruned_flops: float, cap: float) -> int:
+    """Scratch-B's budget: as many FLOPs of training as the dense network's E epochs, i.e.
+    E * FLOPs(dense) / FLOPs(pruned), at most ``cap`` * E (and never fewer than E)."""
+    ratio = min(cap, dense_flops / pruned_flops) if pruned_flops > 0 else cap
+    return max(epochs, int(round(epochs * ratio)))
+
+
+def scratch_b(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
+    """As scratch_e (the same fresh draw), for E * FLOPs(dense)/FLOPs(pruned) epochs (capped)."""
+    start = scratch_e(p, lr, seed, prune_round)
+    eff = start.efficiency
+    if start.ready:
+        start.train = {"epochs": scratch_b_epochs(p.cfg.epochs, eff["dense_flops"], eff["flops"], p.cfg.scratch_b_cap)}
+    return start
+
+
+def random_prune(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
+    """The control: a random pruning of theta_0 with the same per-layer survivors (weights) or
+    channels as the method's, trained for E epochs."""
+    pr = pruned_network(p, lr, seed, prune_round)
+    rseed = derive_seed(seed, "random_prune")
+    seeds = {"random_prune_seed": rseed}
+    if pr.trained is None:
+        return Start(None, None, pr.phases, pr.artifacts, seeds, diverged_phase=pr.diverged_phase)
+    if pr.mask is not None:
+        masks = random_masks_like(pr.mask.tensors(), rseed)
+        dense = p.new_model()
+        return Start(pr.theta0.tensors(), masks, pr.phases, pr.artifacts, seeds,
+                     efficiency=efficiency(dense, dense, p.splits.input_shape, p.device, masks=masks))
+    from trainables.structured import channel_counts
+    dense, kept = channel_counts(p.new_model()), pr.arch.meta["channels"]
+    # the same number of channels per layer (half a channel of slack: the pruner floors n * (1 - ratio))
+    ratios = {n: 1.0 - (kept[n] + 0.5) / dense[n] for n in kept if kept[n] < dense[n]}
+    arch = p.prune_channels(pr.theta0, "random-channel", rseed, ratios)
+    return Start(None, None, pr.phases, {**pr.artifacts, "random_arch": arch.name}, seeds,
+                 model=p.restore(arch), efficiency=arch.meta["efficiency"])
+
+
 @dataclass(frozen=True)
 class Regime:
     name: str
@@ -77,6 +209,12 @@ REGIMES: dict[str, Regime] = {r.name: r for r in [
     Regime("winning_ticket", winning_ticket, "theta_0 * m (lottery ticket rewinding to initialisation)"),
     Regime("random_reinit", random_reinit, "fresh seeded draw from the same initialiser * m"),
     Regime("late_rewind", late_rewind, "theta_k * m, IMP rewinding to epoch k (--rewind-epoch)"),
+    Regime("fine_tune", fine_tune, "theta_E on the pruned network, constant LR for F epochs (--fine-tune-epochs)"),
+    Regime("lr_rewind", lr_rewind, "theta_E on the pruned network, the original LR schedule replayed"),
+    Regime("scratch_e", scratch_e, "the pruned network from a fresh init, E epochs"),
+    Regime("scratch_b", scratch_b, "the pruned network from a fresh init, E * FLOPs(dense)/FLOPs(pruned) "
+                                   "epochs (at most --scratch-b-cap * E)"),
+    Regime("random_prune", random_prune, "control: random pruning of theta_0 with the same per-layer survivors, E epochs"),
 ]}
 
 DEFAULT_REGIMES = ("winning_ticket", "random_reinit")

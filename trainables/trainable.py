@@ -11,7 +11,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         "pipeline": ctx.pipeline.as_dict(),
         "phases": [asdict(p) for p in start.phases], "history": [], "diverged": False,
         "diverged_phase": start.diverged_phase, "started_at": started,
+        "method": ctx.pipeline.method, "efficiency": start.efficiency,
     }
-    if start.weights is None:  # diverged before the sparse network existed: report it as it is
+    if not start.ready:  # diverged before the sparse network existed: report it as it is
         last = start.phases[-1].history[-1]
         record.update(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
                       train_loss=float("nan"), wall_seconds=time.time() - started, finished_at=time.time())
@@ -111,9 +112,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
             report(_metrics(last, phase_diverged=start.diverged_phase, sparsity=overall, done=True), None)
         return record
 
-    model = pipe.new_model()
-    model.load_state_dict(start.weights)
-    trainer = Trainer(model, pipe.splits, ctx.pipeline.train_spec(lr, seed), start.masks)
+    model = start.model.to(pipe.device) if start.model is not None else pipe.new_model()
+    if start.weights is not None:
+        model.load_state_dict(start.weights)
+    spec = replace(ctx.pipeline.train_spec(lr, seed), **start.train)  # the regime's epochs and schedule
+    record["train_epochs"] = spec.epochs
+    trainer = Trainer(model, pipe.splits, spec, start.masks)
     history: list[dict[str, Any]] = []
     if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
         saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
@@ -121,7 +125,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         history = saved["history"]
         record["resumed_from_epoch"] = trainer.epoch
 
-    total = ctx.pipeline.epochs
+    total = spec.epochs
     last_checkpoint = time.monotonic()
     done = False
     while not done:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left

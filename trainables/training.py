@@ -17,7 +17,7 @@ from torch import nn
 
 from trainables.data import Splits, batches
 
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,13 @@ class TrainSpec:
     schedule: str = "cosine"
     warmup_epochs: int = 0
     seed: int = 0  # data order
+    bn_l1: float = 0.0  # network slimming's L1 penalty on BatchNorm scales (0: none)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["bn_l1"]:  # absent when unused, so that artifact keys made before it existed still match
+            del d["bn_l1"]
+        return d
 
 
 def lr_factor(step: int, steps_per_epoch: int, spec: TrainSpec) -> float:
@@ -49,6 +53,8 @@ def lr_factor(step: int, steps_per_epoch: int, spec: TrainSpec) -> float:
     if spec.schedule == "step":  # /10 at 50% and at 75% of training, as in the paper
         frac = step / max(1, total)
         return 1.0 if frac < 0.5 else (0.1 if frac < 0.75 else 0.01)
+    if spec.schedule == "constant":  # fine-tuning: a small constant LR
+        return 1.0
     raise ValueError(f"unknown schedule {spec.schedule!r}; known: {SCHEDULES}")
 
 
@@ -103,6 +109,9 @@ class Trainer:
                 with torch.no_grad():
                     torch._foreach_mul_(masked, mask_list)
             self.optimizer.register_step_post_hook(remask)
+        if spec.bn_l1 > 0:  # network slimming: the L1 subgradient on BN scales, just before each step
+            from trainables.structured import slimming_hook
+            self.optimizer.register_step_pre_hook(slimming_hook(model, spec.bn_l1))
 
     def state(self) -> TrainState:
         return TrainState({k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -122,7 +131,8 @@ class Trainer:
         model.train()
         total = torch.zeros((), device=self.splits.x_train.device)
         lr = opt.param_groups[0]["lr"]
-        for xb, yb in batches(self.splits.x_train, self.splits.y_train, self.spec.batch_size, gen):
+        for xb, yb in batches(self.splits.x_train, self.splits.y_train, self.spec.batch_size, gen,
+                              augment=self.splits.augment):
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,128 @@
+"""What a study compares: its kind, its contrasts and the readable names of its regimes.
+
+The driver writes them into the study's ``study.json``::
+
+    "study_kind": "lottery" | "rethinking",
+    "contrasts": [["winning_ticket", "random_reinit"]]        # lottery
+    "contrasts": [["scratch_e", "fine_tune"], ["scratch_b", "fine_tune"]]   # rethinking
+
+A contrast ``[a, b]`` is "regime a's test-accuracy advantage over regime b" (``a - b``).  A
+``study.json`` without them (written before they existed), or no ``study.json`` at all, means a
+lottery study and the lottery pair; a kind without contrasts gets that kind's default contrasts.
+Only the standard library is imported here, so ``import analysis`` stays cheap.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+LOTTERY, RETHINKING = "lottery", "rethinking"
+DEFAULT_CONTRASTS: dict[str, list[tuple[str, str]]] = {
+    LOTTERY: [("winning_ticket", "random_reinit")],
+    RETHINKING: [("scratch_e", "fine_tune"), ("scratch_b", "fine_tune")],
+}
+# Reported where both regimes ran, never listed as missing: late rewinding was always set against
+# random re-initialisation in the lottery report.
+SUPPLEMENTARY_CONTRASTS: dict[str, list[tuple[str, str]]] = {LOTTERY: [("late_rewind", "random_reinit")]}
+
+REGIME_ORDER = ("winning_ticket", "random_reinit", "late_rewind",
+                "fine_tune", "scratch_e", "scratch_b", "lr_rewind", "random_prune")
+REGIME_LABELS = {"winning_ticket": "winning ticket", "random_reinit": "random re-init", "late_rewind": "late rewind",
+                 "fine_tune": "fine-tune", "scratch_e": "Scratch-E", "scratch_b": "Scratch-B",
+                 "lr_rewind": "LR rewinding", "random_prune": "random pruning"}
+# The lottery study's verdict sentences have always named the regimes by id ("winning_ticket beats
+# random_reinit ..."); other kinds use the labels ("Scratch-B beats fine-tune ...").
+ID_NAMED_KINDS = (LOTTERY,)
+
+
+def label(regime: str) -> str:
+    """The readable name of a regime (its id when it has none)."""
+    return REGIME_LABELS.get(regime, str(regime))
+
+
+def sort_regimes(regimes: Iterable[str]) -> list[str]:
+    """Known regimes in ``REGIME_ORDER``, then the others sorted."""
+    regs = list(dict.fromkeys(regimes))
+    return sorted(regs, key=lambda r: (REGIME_ORDER.index(r) if r in REGIME_ORDER else len(REGIME_ORDER), str(r)))
+
+
+def read_study_info(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The study's ``study.json`` as a dict; ``{}`` when there is none.  Raises ValueError when it
+    cannot be read or is not a JSON object."""
+    path = Path(study_dir) / "study.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return info
+
+
+def _kind(info: dict[str, Any], where: str) -> str:
+    kind = info.get("study_kind") or LOTTERY
+    if not isinstance(kind, str):
+        raise ValueError(f"{where}: study_kind must be a string, got {kind!r}")
+    return kind
+
+
+def parse_contrasts(value: Any, where: str = "contrasts") -> list[tuple[str, str]]:
+    """``[[a, b], ...]`` -> ``[(a, b), ...]`` (duplicates dropped); ValueError naming the problem."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where} must be a list of [a, b] regime pairs, got {value!r}")
+    out: list[tuple[str, str]] = []
+    for pair in value:
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(r, str) and r for r in pair)):
+            raise ValueError(f"{where}: each contrast must be a pair of regime names [a, b], got {pair!r}")
+        if pair[0] == pair[1]:
+            raise ValueError(f"{where}: a contrast needs two different regimes, got {list(pair)!r}")
+        if tuple(pair) not in out:
+            out.append((pair[0], pair[1]))
+    return out
+
+
+def study_kind(study_dir: str | os.PathLike[str]) -> str:
+    """``study.json``'s ``study_kind``; ``"lottery"`` when absent."""
+    return _kind(read_study_info(study_dir), str(Path(study_dir) / "study.json"))
+
+
+def contrasts(study_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """The study's contrasts ``[(a, b), ...]`` (a's advantage over b), from its ``study.json``.
+
+    Without a ``contrasts`` key: the default of its ``study_kind`` (none for an unknown kind); without
+    either (an old study.json, or none): the lottery pair ``[("winning_ticket", "random_reinit")]``.
+    """
+    info = read_study_info(study_dir)
+    where = str(Path(study_dir) / "study.json")
+    if info.get("contrasts") is not None:
+        return parse_contrasts(info["contrasts"], f"{where}: contrasts")
+    return list(DEFAULT_CONTRASTS.get(_kind(info, where), []))
+
+
+def supplementary_contrasts(kind: str) -> list[tuple[str, str]]:
+    """Contrasts a kind's report adds where both regimes ran (not listed when they did not)."""
+    return list(SUPPLEMENTARY_CONTRASTS.get(kind, []))
+
+
+def split_present(pairs: Iterable[tuple[str, str]], regimes: Iterable[str]
+                  ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(contrasts whose two regimes are both in ``regimes``, the others)."""
+    have = set(regimes)
+    present, missing = [], []
+    for a, b in pairs:
+        (present if a in have and b in have else missing).append((a, b))
+    return present, missing
+
+
+def sentence_names(a: str, b: str, kind: str = LOTTERY) -> tuple[str, str]:
+    """How a verdict sentence names the pair: ids in a lottery study (as it always did), else labels."""
+    return (a, b) if kind in ID_NAMED_KINDS else (label(a), label(b))
+
+
+def pair_label(a: str, b: str) -> str:
+    return f"{label(a)} vs {label(b)}"

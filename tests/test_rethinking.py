@@ -1,0 +1,176 @@
+"""The rethinking regimes on a real pipeline, and ``python -m study.rethinking`` end to end.
+
+fine_tune starts from the weights it inherited, scratch_e / scratch_b from a fresh draw on the same
+pruned network, scratch_b for the epochs its FLOPs buy, random_prune from theta_0 with the same
+per-layer survivors; structured pruning really makes the network smaller and it still trains.
+"""
+from __future__ import annotations
+
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from trainables import efficiency as eff
+from trainables.artifacts import ArtifactStore
+from trainables.pipeline import Pipeline, PipelineConfig
+from trainables.regimes import REGIMES, pruned_network, scratch_b_epochs
+from trainables.structured import channel_counts
+from trainables.training import Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pipeline(tmp_path, data_dir, **kw) -> Pipeline:
+    cfg = PipelineConfig(data_dir=data_dir, model="conv1d", epochs=2, lr_coupling="retrain", rounds=1,
+                         method="l1-filter", prune_ratio=0.5, **kw)
+    return Pipeline(cfg, ArtifactStore(str(tmp_path / "artifacts")))
+
+
+def start(p: Pipeline, regime: str, lr: float = 0.05, seed: int = 0):
+    return REGIMES[regime].start(p, lr, seed, None)
+
+
+def test_scratch_b_budget():
+    assert scratch_b_epochs(10, 4e6, 1e6, cap=2.0) == 20  # 4x fewer FLOPs, capped at 2x
+    assert scratch_b_epochs(10, 1.5e6, 1e6, cap=2.0) == 15
+    assert scratch_b_epochs(10, 1e6, 1e6, cap=2.0) == 10
+    assert scratch_b_epochs(20, 3e6, 2e6, cap=5.0) == 30
+
+
+def test_structured_regimes_share_one_smaller_network(tmp_path, data_dir):
+    p = pipeline(tmp_path, data_dir)
+    dense = p.new_model()
+    pr = pruned_network(p, 0.05, 0)
+    pruned = p.restore(pr.arch)
+    x = p.splits.x_val[:7]
+    assert pruned(x).shape == dense(x).shape == (7, 10)
+    assert eff.count_params(pruned) < 0.5 * eff.count_params(dense)  # half the channels of every conv
+    counts, dense_counts = channel_counts(pruned), channel_counts(dense)
+    assert all(counts[n] == dense_counts[n] // 2 for n in ("features.0", "features.2", "features.4"))
+
+    ft, se, sb = start(p, "fine_tune"), start(p, "scratch_e"), start(p, "scratch_b")
+    # fine_tune inherits theta_E's surviving weights: exactly the pruned network's
+    for k, v in pr.arch.tensors().items():
+        assert torch.equal(ft.model.state_dict()[k], v), k
+    assert ft.train == {"epochs": 2, "schedule": "constant", "warmup_epochs": 0}
+    # scratch_e and scratch_b: the same fresh, seeded draw on the same architecture
+    assert channel_counts(se.model) == counts and channel_counts(sb.model) == counts
+    w = "features.0.weight"
+    assert torch.equal(se.model.state_dict()[w], sb.model.state_dict()[w])
+    assert not torch.equal(se.model.state_dict()[w], ft.model.state_dict()[w])
+    assert torch.equal(start(p, "scratch_e").model.state_dict()[w], se.model.state_dict()[w])  # reproducible
+    assert se.seeds["reinit_seed"] != 0
+    # scratch_b's epochs from the FLOPs of the dense and the pruned network, counted on them
+    dense_flops, pruned_flops = eff.count_flops(dense, p.splits.input_shape), eff.count_flops(pruned, p.splits.input_shape)
+    assert sb.efficiency["dense_flops"] == dense_flops and sb.efficiency["flops"] == pruned_flops
+    assert sb.train["epochs"] == max(2, round(2 * min(2.0, dense_flops / pruned_flops))) == 4
+    assert se.train == {} and sb.efficiency["latency_ms"] > 0 and sb.efficiency["dense_latency_ms"] > 0
+
+
+def test_random_prune_keeps_the_counts_not_the_channels(tmp_path, data_dir):
+    p = pipeline(tmp_path, data_dir)
+    pr = pruned_network(p, 0.05, 0)
+    rp = start(p, "random_prune")
+    assert channel_counts(rp.model) == channel_counts(p.restore(pr.arch))
+    # from theta_0: the kept filters of the first conv are rows of theta_0's
+    theta0 = pr.theta0.tensors()["features.0.weight"]
+    kept = rp.model.state_dict()["features.0.weight"]
+    assert all(any(torch.equal(row, t) for t in theta0) for row in kept)
+    assert rp.seeds["random_prune_seed"] != start(p, "random_prune", seed=1).seeds["random_prune_seed"]
+
+
+def test_magnitude_rethinking_regimes_on_masks(tmp_path, data_dir):
+    p = pipeline(tmp_path, data_dir, target_sparsity=0.75)
+    p = Pipeline(PipelineConfig(**{**p.cfg.__dict__, "method": "magnitude"}), p.store)
+    pr = pruned_network(p, 0.05, 0)
+    ft, sb, rp = start(p, "fine_tune"), start(p, "scratch_b"), start(p, "random_prune")
+    trained = pr.trained.tensors()
+    assert all(torch.equal(ft.weights[k], v) for k, v in trained.items())  # theta_E, masked in training
+    assert ft.masks is not None and math.isclose(ft.sparsity[0], 0.75, abs_tol=0.01)
+    # masked FLOPs: each layer's FLOPs scaled by its density (global pruning spares the convs a little)
+    ratio = sb.efficiency["dense_flops"] / sb.efficiency["flops"]
+    assert 2.0 < ratio < 4.5 and sb.train["epochs"] == 4  # capped at 2x
+    assert sb.efficiency["latency_ms"] == sb.efficiency["dense_latency_ms"]  # zeros in dense kernels: no faster
+    for name, m in rp.masks.items():  # the same number of survivors per layer, elsewhere
+        assert m.sum() == ft.masks[name].sum() and not torch.equal(m, ft.masks[name])
+
+
+def test_slimming_pretrains_with_the_penalty_and_prunes_globally(tmp_path):
+    from trainables.data import Splits
+    from trainables.models import build_model, init_weights
+    from trainables.structured import StructuredSpec, prune_structured
+    from trainables.training import TrainSpec
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 3, 16, 16, generator=g), torch.randint(0, 10, (256,), generator=g)
+    splits = Splits(x, y, x[:32], y[:32], x[:32], y[:32], 10)
+    gammas = {}
+    for bn_l1 in (0.0, 1e-2):
+        model = init_weights(build_model("vgg11", (3, 16, 16), 10), 0)
+        Trainer(model, splits, TrainSpec(lr=0.05, epochs=2, batch_size=64, bn_l1=bn_l1)).run()
+        gammas[bn_l1] = torch.cat([m.weight.abs() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert gammas[1e-2].mean() < gammas[0.0].mean()  # the penalty shrinks the scales
+    pruned = prune_structured(model, StructuredSpec("slimming", ratio=0.5), x[:1])
+    assert eff.count_params(pruned) < eff.count_params(model)
+    Trainer(pruned, splits, TrainSpec(lr=0.05, epochs=1, batch_size=64)).run()  # and it still trains
+
+
+BAD = [
+    (["--method", "slimming"], "--method"),  # conv1d has no BatchNorm
+    (["--method", "pruning-by-hope"], "--method"),
+    (["--preset", "vgg16-a"], "--preset"),  # for vgg16, not conv1d
+    (["--rounds", "3"], "--rounds"),
+    (["--prune-ratio", "1.0"], "--prune-ratio"),
+    (["--regimes", "winning_ticket,scratch_e"], "--regimes"),
+    (["--fine-tune-lr-min", "0.5", "--fine-tune-lr-max", "0.1"], "--fine-tune-lr-max"),
+    (["--scratch-b-cap", "0.5"], "--scratch-b-cap"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_flags_fail_with_one_line(argv, flag, tmp_path, capsys):
+    from study.rethinking import main
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--root", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_rethinking_cli_end_to_end(tmp_path, ray_env, data_dir):
+    import json
+    import subprocess
+    import sys
+    args = ["--num-samples", "2", "--startup-trials", "2", "--epochs", "2", "--lr-grid", "2",
+            "--confirm-seeds", "2", "--root", str(tmp_path / "s"), "--name", "rt", "--data-dir", data_dir,
+            "--num-cpus", "2"]
+    r = subprocess.run([sys.executable, "-m", "study.rethinking", *args], cwd=ROOT, env=ray_env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = tmp_path / "s" / "rt"
+    info = json.loads((study / "study.json").read_text())
+    assert info["study_kind"] == "rethinking" and info["contrasts"] == [["scratch_e", "fine_tune"], ["scratch_b", "fine_tune"]]
+    trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
+    search, confirm = trials[trials.phase == "search"], trials[trials.phase == "confirm"]
+    assert sorted(search.regime.unique()) == ["fine_tune", "scratch_b", "scratch_e"] and len(search) == 6
+    assert set(confirm.condition) == {"tuned"} and len(confirm) == 3 * 2
+    # each regime searched its own range: fine-tuning below 0.1, training from scratch from 0.01 up
+    assert search[search.regime == "fine_tune"].lr.max() <= 0.1 + 1e-9
+    assert search[search.regime != "fine_tune"].lr.min() >= 0.01 - 1e-9
+    assert set(trials.method) == {"l1-filter"}
+    epochs = trials.groupby("regime").train_epochs.first()
+    assert epochs["fine_tune"] == 2 and epochs["scratch_e"] == 2 and epochs["scratch_b"] == 4
+    assert (trials.params < trials.dense_params).all() and (trials.flops < trials.dense_flops).all()
+    assert (trials.latency_ms > 0).all() and trials.status.eq("completed").all()
+    out = r.stdout
+    assert "Verdicts" in out and "Scratch-B" in out and "fine-tune" in out
+    report = (study / "report" / "report.md").read_text()
+    assert "Scratch-E" in report and "winning" not in report.lower()
