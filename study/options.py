@@ -314,7 +314,18 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
         return resumed_options(opts.study_dir, a, argv)
     _check(not opts.study_dir.exists(), "--name",
            f"names an existing study folder ({opts.study_dir}); choose another --name or --root, or --resume it")
+    _check_data(a)
     return opts
+
+
+def _check_data(a: argparse.Namespace) -> None:
+    """The data set is there (generated, found or downloaded) before the study folder is made; the
+    loaded splits stay cached for the driver."""
+    from trainables.data import DataUnavailable, load_splits
+    try:
+        load_splits(a.dataset, a.data_dir, a.data_seed, a.val_fraction, a.data_seed)
+    except DataUnavailable as e:
+        raise BadFlag("--data-dir", f"has no {a.dataset}: {e}") from None
 
 
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss")

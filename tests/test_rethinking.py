@@ -174,3 +174,21 @@ def test_rethinking_cli_end_to_end(tmp_path, ray_env, data_dir):
     assert "Verdicts" in out and "Scratch-B" in out and "fine-tune" in out
     report = (study / "report" / "report.md").read_text()
     assert "Scratch-E" in report and "winning" not in report.lower()
+
+
+def test_missing_image_data_fails_before_any_folder(tmp_path, capsys, monkeypatch):
+    import socket
+
+    from study.rethinking import main
+
+    def offline(*args, **kwargs):
+        raise OSError("network blocked by the test")
+    monkeypatch.setattr(socket.socket, "connect", offline)  # offline even where a network is
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    with pytest.raises(SystemExit) as exc:
+        main(["--dataset", "cifar10", "--model", "vgg11", "--root", str(tmp_path / "s"),
+              "--data-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "--data-dir" in err and "cifar-10-batches-py" in err and str(tmp_path / "d") in err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
