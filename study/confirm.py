@@ -74,7 +74,7 @@ def run_confirmation(opts: StudyOptions, ctx, tracker, study_hash: str, trial_pa
         totals[label(s)] = totals.get(label(s), 0) + 1
     print(f"--- confirmation: {len(specs)} trials on seeds {confirm_seeds(opts)}; best LRs "
           + ", ".join(f"{r} {lr:.3g}" for r, lr in best.items())
-          + f"; fixed LRs {a.fixed_small_lr:g} and {a.fixed_large_lr:g}", file=out, flush=True)
+          + ("" if a.no_fixed else f"; fixed LRs {a.fixed_small_lr:g} and {a.fixed_large_lr:g}"), file=out, flush=True)
     cb = StudyCallback(a.name, opts.study_dir, study_hash, tracker, Progress(totals, out), trial_params,
                        shared=ctx.shared)
     if cb.finished_count(phase="confirm") < len(specs):
