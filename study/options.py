@@ -61,6 +61,16 @@ def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
     return parse
 
 
+def _layer_ratios(text: str) -> tuple[tuple[str, float], ...]:
+    out = []
+    for item in _csv(str)(text):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected layer=ratio, got {item!r}")
+        out.append((name.strip(), float(value)))
+    return tuple(out)
+
+
 def default_data_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "prune-platform", "data")
@@ -125,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="structured methods: fraction of each prunable layer's channels removed (slimming: of all channels)")
     r.add_argument("--preset", default=None,
                    help=f"l1-filter: the paper's per-layer ratios instead of --prune-ratio, one of: {', '.join(PRESETS)}")
+    r.add_argument("--layer-ratios", type=_layer_ratios, default=None,
+                   help="l1-filter: per-layer ratios overriding --prune-ratio, e.g. features.0=0.3,features.2=0.6 "
+                        "(a layer at 0 keeps all its channels)")
     r.add_argument("--slimming-penalty", type=float, default=1e-4, help="slimming: L1 strength on BatchNorm scales")
     r.add_argument("--fine-tune-epochs", type=int, default=None, help="fine_tune's epochs F (default: --epochs)")
     r.add_argument("--fine-tune-lr-min", type=float, default=1e-4, help="fine_tune's own LR range: lower end")
@@ -258,6 +271,11 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     _check(0 < a.prune_ratio < 1, "--prune-ratio", f"must be in (0, 1) (got {a.prune_ratio:g})")
     _check(a.preset is None or a.preset in PRESETS, "--preset", f"must be one of {', '.join(PRESETS)} (got {a.preset!r})")
     _check(a.preset is None or a.method == "l1-filter", "--preset", f"applies to --method l1-filter only (got {a.method})")
+    _check(a.layer_ratios is None or a.method == "l1-filter", "--layer-ratios",
+           f"applies to --method l1-filter only (got {a.method})")
+    _check(a.layer_ratios is None or a.preset is None, "--layer-ratios", "and --preset exclude each other")
+    _check(a.layer_ratios is None or all(0 <= r < 1 for _, r in a.layer_ratios), "--layer-ratios",
+           "ratios must be in [0, 1)")
     _check(a.slimming_penalty >= 0, "--slimming-penalty", f"must be >= 0 (got {a.slimming_penalty:g})")
     _check(a.fine_tune_epochs is None or a.fine_tune_epochs >= 1, "--fine-tune-epochs", f"must be >= 1 (got {a.fine_tune_epochs})")
     _check(a.scratch_b_cap >= 1, "--scratch-b-cap", f"must be >= 1 (got {a.scratch_b_cap:g})")
@@ -291,7 +309,8 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
         target_sparsity=a.sparsity, rounds=a.rounds, prune_scope=a.prune_scope,
         prune_layers=a.prune_layers, rewind_epoch=a.rewind_epoch, lr_coupling=a.lr_coupling,
         pretrain_lr=a.pretrain_lr, method=a.method, prune_ratio=a.prune_ratio, preset=a.preset,
-        slimming_penalty=a.slimming_penalty, fine_tune_epochs=a.fine_tune_epochs, scratch_b_cap=a.scratch_b_cap)
+        slimming_penalty=a.slimming_penalty, fine_tune_epochs=a.fine_tune_epochs, scratch_b_cap=a.scratch_b_cap,
+        layer_ratios=a.layer_ratios)
     if a.prune_layers is not None:
         _check_layers(pipe)
     if structured:
@@ -372,6 +391,11 @@ def _check_structured(pipe: PipelineConfig) -> None:
             preset_layer_ratios(pipe.preset, model)
         except ValueError as e:
             raise BadFlag("--preset", str(e)) from None
+    if pipe.layer_ratios:
+        known = prunable_convs(model)
+        unknown = [n for n, _ in pipe.layer_ratios if n not in known]
+        _check(not unknown, "--layer-ratios",
+               f"must name prunable layers of {pipe.model}, from {', '.join(known)} (unknown: {', '.join(unknown)})")
 
 
 def _check_layers(pipe: PipelineConfig) -> None:
@@ -416,6 +440,11 @@ def options_from_study(study_dir: Path) -> StudyOptions:
     pipe = dict(info["config"]["pipeline"], data_dir=a.data_dir)
     for key in ("widths", "prune_layers"):
         pipe[key] = tuple(pipe[key]) if pipe[key] else None
+    for key in ("layer_ratios",):  # pairs, from JSON lists
+        if pipe.get(key):
+            pipe[key] = tuple((n, float(r)) for n, r in pipe[key])
+        if getattr(a, key, None):
+            setattr(a, key, tuple((n, float(r)) for n, r in getattr(a, key)))
     return StudyOptions(a, PipelineConfig(**pipe), LrSpace(a.lr_min, a.lr_max, a.lr_grid), tuple(a.regimes), lr_spaces(a))
 
 

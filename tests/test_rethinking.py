@@ -88,6 +88,14 @@ def test_random_prune_keeps_the_counts_not_the_channels(tmp_path, data_dir):
     assert rp.seeds["random_prune_seed"] != start(p, "random_prune", seed=1).seeds["random_prune_seed"]
 
 
+def test_layer_ratios_and_the_random_control_follow_them(tmp_path, data_dir):
+    p = pipeline(tmp_path, data_dir, layer_ratios=(("features.0", 0.25), ("features.2", 0.0)))
+    counts = channel_counts(p.restore(pruned_network(p, 0.05, 0).arch))
+    assert (counts["features.0"], counts["features.2"], counts["features.4"]) == (24, 32, 16)
+    random_counts = channel_counts(start(p, "random_prune").model)
+    assert random_counts == counts  # a layer the method left whole stays whole in the control
+
+
 def test_magnitude_rethinking_regimes_on_masks(tmp_path, data_dir):
     p = pipeline(tmp_path, data_dir, target_sparsity=0.75)
     p = Pipeline(PipelineConfig(**{**p.cfg.__dict__, "method": "magnitude"}), p.store)
@@ -132,6 +140,9 @@ BAD = [
     (["--regimes", "winning_ticket,scratch_e"], "--regimes"),
     (["--fine-tune-lr-min", "0.5", "--fine-tune-lr-max", "0.1"], "--fine-tune-lr-max"),
     (["--scratch-b-cap", "0.5"], "--scratch-b-cap"),
+    (["--layer-ratios", "features.0=0.3,classifier=0.5"], "--layer-ratios"),
+    (["--layer-ratios", "features.0=1.5"], "--layer-ratios"),
+    (["--method", "magnitude", "--layer-ratios", "features.0=0.3"], "--layer-ratios"),
 ]
 
 

@@ -49,6 +49,7 @@ class PipelineConfig:
     method: str = "magnitude"
     prune_ratio: float = 0.5  # structured: fraction of each prunable layer's channels removed
     preset: str | None = None  # structured: the paper's per-layer ratios (trainables.structured.PRESETS)
+    layer_ratios: tuple[tuple[str, float], ...] | None = None  # structured: (layer, ratio) overriding prune_ratio
     slimming_penalty: float = 1e-4  # slimming: L1 strength on BN scales during pretraining
     fine_tune_epochs: int | None = None  # fine_tune's epochs F (default: epochs)
     scratch_b_cap: float = 2.0  # scratch_b: at most this many times the epochs of scratch_e
@@ -81,6 +82,7 @@ class PipelineConfig:
         d = asdict(self)
         d["widths"] = list(self.widths) if self.widths else None
         d["prune_layers"] = list(self.prune_layers) if self.prune_layers else None
+        d["layer_ratios"] = [list(x) for x in self.layer_ratios] if self.layer_ratios else None
         return d
 
 
@@ -170,14 +172,21 @@ class Pipeline:
         return self.store.get_or_create("mask", spec_d, compute)
 
     def prune_channels(self, weights: Artifact, method: str, seed: int = 0,
-                       layer_ratios: dict[str, float] | None = None) -> Artifact:
+                       exact: dict[str, float] | None = None) -> Artifact:
         """The structured-pruned network of ``weights``: channels physically removed by ``method``
         (``trainables.structured``), the survivors keeping their values; its meta holds what rebuilds
-        the architecture and the dense and pruned networks' parameters, FLOPs and latency."""
+        the architecture and the dense and pruned networks' parameters, FLOPs and latency.  The
+        study's ratios apply (``--prune-ratio``, ``--layer-ratios``, ``--preset``) unless ``exact``
+        gives every pruned layer's ratio (the random control copies another network's counts)."""
         from trainables.structured import StructuredSpec, prune_structured, pruned_state
         cfg = self.cfg
-        preset = None if (method == "slimming" or layer_ratios) else cfg.preset
-        spec = StructuredSpec(method, ratio=cfg.prune_ratio, layer_ratios=layer_ratios, preset=preset, seed=seed)
+        if exact is not None:
+            ratio, layer_ratios, preset = 0.0, dict(exact), None
+        elif method == "slimming":  # one global threshold: no per-layer ratios
+            ratio, layer_ratios, preset = cfg.prune_ratio, None, None
+        else:
+            ratio, layer_ratios, preset = cfg.prune_ratio, dict(cfg.layer_ratios or ()) or None, cfg.preset
+        spec = StructuredSpec(method, ratio=ratio, layer_ratios=layer_ratios, preset=preset, seed=seed)
 
         def compute(tmp):
             model = self.new_model()
@@ -187,7 +196,7 @@ class Pipeline:
             state = pruned_state(pruned)
             save_tensors(tmp, state.pop("state_dict"))
             return {**state, "efficiency": efficiency(model, pruned, self.splits.input_shape, self.device)}
-        key = {"weights": weights.name, "method": method, "ratio": None if preset or layer_ratios else cfg.prune_ratio,
+        key = {"weights": weights.name, "method": method, "ratio": None if preset else ratio,
                "preset": preset, "layer_ratios": layer_ratios, "seed": seed if method == "random-channel" else None}
         return self.store.get_or_create("arch", key, compute)
 

@@ -193,7 +193,7 @@ def random_prune(p: Pipeline, lr: float, seed: int, prune_round: int | None = No
     dense, kept = channel_counts(p.new_model()), pr.arch.meta["channels"]
     # the same number of channels per layer (half a channel of slack: the pruner floors n * (1 - ratio))
     ratios = {n: 1.0 - (kept[n] + 0.5) / dense[n] for n in kept if kept[n] < dense[n]}
-    arch = p.prune_channels(pr.theta0, "random-channel", rseed, ratios)
+    arch = p.prune_channels(pr.theta0, "random-channel", rseed, exact=ratios)
     return Start(None, None, pr.phases, {**pr.artifacts, "random_arch": arch.name}, seeds,
                  model=p.restore(arch), efficiency=arch.meta["efficiency"])
 
