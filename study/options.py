@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="data cache folder (default: $XDG_CACHE_HOME/prune-platform/data, else ~/.cache/prune-platform/data)")
     d.add_argument("--data-seed", type=int, default=42, help="seed of the generated data set")
     d.add_argument("--val-fraction", type=float, default=0.2, help="share of the training set held out for validation")
+    d.add_argument("--train-subset", type=int, default=0, metavar="N",
+                   help="train on N examples of the training split only, for quick runs on big data sets (0: all)")
     d.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)}")
     d.add_argument("--widths", type=_csv(int), default=None,
                    help="comma-separated hidden widths (default: mlp 300,100; conv1d channels 32,32,32)")
@@ -250,6 +252,7 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     check_confirm_flags(a)
     _check(a.dataset in DATASETS, "--dataset", f"must be one of {', '.join(DATASETS)} (got {a.dataset!r})")
     _check(0 < a.val_fraction < 1, "--val-fraction", f"must be in (0, 1) (got {a.val_fraction:g})")
+    _check(a.train_subset >= 0, "--train-subset", f"must be >= 0 (got {a.train_subset})")
     _check(a.model in MODELS, "--model", f"must be one of {', '.join(MODELS)} (got {a.model!r})")
     _check(a.widths is None or (len(a.widths) >= 1 and all(w >= 1 for w in a.widths)), "--widths",
            "must be comma-separated positive integers")
@@ -304,6 +307,7 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     a.data_dir = str(Path(a.data_dir).expanduser().resolve())
     pipe = PipelineConfig(
         dataset=a.dataset, data_dir=a.data_dir, data_seed=a.data_seed, val_fraction=a.val_fraction,
+        train_subset=a.train_subset,
         model=a.model, widths=a.widths, epochs=a.epochs, batch_size=a.batch_size, momentum=a.momentum,
         weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup_epochs,
         target_sparsity=a.sparsity, rounds=a.rounds, prune_scope=a.prune_scope,

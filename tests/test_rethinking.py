@@ -203,3 +203,26 @@ def test_missing_image_data_fails_before_any_folder(tmp_path, capsys, monkeypatc
     assert exc.value.code == 2 and len(err.splitlines()) == 1, err
     assert "--data-dir" in err and "cifar-10-batches-py" in err and str(tmp_path / "d") in err
     assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
+
+
+def test_rethinking_on_real_fashion_mnist(tmp_path, ray_env):
+    """The CLI on the real Fashion-MNIST (Debian's dataset-fashion-mnist), LeNet-300-100 with half
+    its hidden neurons removed, on a 2,000-example training subset."""
+    import subprocess
+    import sys
+
+    from trainables.data import fashion_mnist_from_debian
+    data = fashion_mnist_from_debian(tmp_path / "data")
+    args = ["--dataset", "fashion_mnist", "--model", "lenet300", "--train-subset", "2000", "--batch-size", "100",
+            "--num-samples", "2", "--startup-trials", "2", "--epochs", "2", "--lr-grid", "2", "--confirm-seeds", "2",
+            "--root", str(tmp_path / "s"), "--name", "fm", "--data-dir", str(data), "--num-cpus", "2"]
+    r = subprocess.run([sys.executable, "-m", "study.rethinking", *args], cwd=ROOT, env=ray_env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials = pq.read_table(tmp_path / "s" / "fm" / "results" / "trials.parquet").to_pandas()
+    assert len(trials) == 3 * 2 + 3 * 2 and trials.status.eq("completed").all()
+    assert (trials.dense_params == 266_610).all()  # LeNet-300-100 on 28x28, 10 classes
+    assert (trials.params < 0.55 * trials.dense_params).all()  # 150 and 50 hidden neurons left
+    best = trials[trials.phase == "confirm"].groupby("regime").test_acc.mean()
+    assert (best > 0.6).all(), best  # real images, learnt: chance is 0.1
+    assert "Verdicts" in r.stdout

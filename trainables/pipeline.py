@@ -29,6 +29,7 @@ class PipelineConfig:
     data_dir: str = ""
     data_seed: int = 42
     val_fraction: float = 0.2
+    train_subset: int = 0  # train on the first N examples of the training split only (0: all of them)
     model: str = "mlp"
     widths: tuple[int, ...] | None = None
     epochs: int = 20
@@ -59,7 +60,8 @@ class PipelineConfig:
         return self.method != "magnitude"
 
     def data_spec(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "data_seed": self.data_seed, "val_fraction": self.val_fraction}
+        return {"dataset": self.dataset, "data_seed": self.data_seed, "val_fraction": self.val_fraction,
+                **({"train_subset": self.train_subset} if self.train_subset else {})}
 
     def model_spec(self) -> dict[str, Any]:
         return {"model": self.model, "widths": list(self.widths) if self.widths else None,
@@ -126,8 +128,11 @@ class Pipeline:
 
     @functools.cached_property
     def splits(self) -> Splits:
-        return load_splits(self.cfg.dataset, self.cfg.data_dir, self.cfg.data_seed,
-                           self.cfg.val_fraction, self.cfg.data_seed).to(self.device)
+        s = load_splits(self.cfg.dataset, self.cfg.data_dir, self.cfg.data_seed, self.cfg.val_fraction,
+                        self.cfg.data_seed)
+        if self.cfg.train_subset:  # the split is already shuffled: its first N examples are a random subset
+            s = replace(s, x_train=s.x_train[:self.cfg.train_subset], y_train=s.y_train[:self.cfg.train_subset])
+        return s.to(self.device)
 
     def new_model(self) -> nn.Module:
         s = self.splits
