@@ -380,13 +380,15 @@ def contrasts_for(regimes: Sequence[str]) -> list[tuple[str, str]]:
 
 def _check_structured(pipe: PipelineConfig) -> None:
     """A structured method needs layers whose channels it can remove (and slimming BatchNorm)."""
+    import torch
     from torch import nn
 
     from trainables.models import build_model
     from trainables.structured import preset_layer_ratios, prunable_convs
     entry = DATASETS[pipe.dataset]
     model = build_model(pipe.model, entry.input_shape, entry.num_classes, pipe.widths)
-    _check(bool(prunable_convs(model)), "--method", f"{pipe.method} finds no prunable channels in --model {pipe.model}")
+    known = prunable_convs(model, torch.zeros(1, *entry.input_shape))  # one trace, with the data's shape
+    _check(bool(known), "--method", f"{pipe.method} finds no prunable channels in --model {pipe.model}")
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     _check(pipe.method != "slimming" or has_bn, "--method",
            f"slimming needs a model with BatchNorm (vgg*, resnet*), not {pipe.model}")
@@ -396,7 +398,6 @@ def _check_structured(pipe: PipelineConfig) -> None:
         except ValueError as e:
             raise BadFlag("--preset", str(e)) from None
     if pipe.layer_ratios:
-        known = prunable_convs(model)
         unknown = [n for n, _ in pipe.layer_ratios if n not in known]
         _check(not unknown, "--layer-ratios",
                f"must name prunable layers of {pipe.model}, from {', '.join(known)} (unknown: {', '.join(unknown)})")

@@ -39,6 +39,16 @@ def ray_env(tmp_path):
     assert not left, f"Ray processes left behind: {left}"
 
 
+def assert_refused(main, argv: list[str], flag: str, tmp_path: Path, capsys) -> None:
+    """``main(argv)`` refuses a bad flag: exit status 2, one line naming ``flag``, no folder made."""
+    root, data = tmp_path / "studies", tmp_path / "data"
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--root", str(root), "--data-dir", str(data)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+    assert not root.exists() and not data.exists()
+
+
 def run_cli(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from study.lottery import main
-from tests.conftest import K, N, N_CONFIRM, REGIMES, run_cli
+from tests.conftest import K, N, N_CONFIRM, REGIMES, assert_refused, run_cli
 
 BAD = [
     (["--num-samples", "0"], "--num-samples"),
@@ -33,13 +33,7 @@ BAD = [
 
 @pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_flag_fails_with_one_line_and_writes_nothing(argv, flag, tmp_path, capsys):
-    root = tmp_path / "studies"
-    with pytest.raises(SystemExit) as exc:
-        main([*argv, "--root", str(root), "--data-dir", str(tmp_path / "data")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and flag in err, err
-    assert not root.exists() and not (tmp_path / "data").exists()
+    assert_refused(main, argv, flag, tmp_path, capsys)
 
 
 def test_existing_study_folder_is_refused(tmp_path, capsys):

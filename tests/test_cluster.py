@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
+from study.ui import free_port
 from tests.conftest import ROOT
 
 REGIMES = ("winning_ticket", "random_reinit")
@@ -56,12 +56,6 @@ def _wait(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
         proc.wait()
         raise AssertionError("the study did not finish in time:\n" + log.read_text()[-4000:])
     return log.read_text()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _use_env(monkeypatch, env: dict[str, str], keys) -> None:
@@ -135,7 +129,7 @@ def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(t
 
     env = {**ray_env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     _use_env(monkeypatch, env, (*BASE_ENV, "RAY_FAKE_CLUSTER", "AUTOSCALER_UPDATE_INTERVAL_S"))
-    port = _free_port()
+    port = free_port("")
     address = f"{get_node_ip_address()}:{port}"
     config = _autoscaling_config(tmp_path / "autoscaler.yaml", address)
     cluster = Cluster(initialize_head=True, connect=True,

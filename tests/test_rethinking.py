@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_refused
 from trainables import efficiency as eff
 from trainables.artifacts import ArtifactStore
 from trainables.pipeline import Pipeline, PipelineConfig
@@ -149,11 +149,7 @@ BAD = [
 @pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_flags_fail_with_one_line(argv, flag, tmp_path, capsys):
     from study.rethinking import main
-    with pytest.raises(SystemExit) as exc:
-        main([*argv, "--root", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d")])
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
-    assert not (tmp_path / "s").exists()
+    assert_refused(main, argv, flag, tmp_path, capsys)
 
 
 def test_rethinking_cli_end_to_end(tmp_path, ray_env, data_dir):

@@ -423,24 +423,42 @@ def augment_batch(x: torch.Tensor, kind: str | None, generator: torch.Generator)
     """
     if kind is None:
         return x
-    if kind != "crop_flip":
+    _check_augment(kind)
+    return _crop_flip(x, _crop_flip_draws(len(x), generator).to(x.device))
+
+
+def _check_augment(kind: str) -> None:
+    if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {kind!r}; known: {AUGMENTATIONS}")
+
+
+def _crop_flip_draws(n: int, generator: torch.Generator) -> torch.Tensor:
+    """3 x n: each sample's row shift, column shift (0 .. 2 * CROP_PAD) and flip (0/1)."""
+    offsets = torch.randint(0, 2 * CROP_PAD + 1, (2, n), generator=generator)
+    flip = torch.randint(0, 2, (1, n), generator=generator)
+    return torch.cat([offsets, flip])
+
+
+def _crop_flip(x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """``x``'s crops and flips as ``draws`` (on ``x``'s device) say."""
     n, _, h, w = x.shape
     p = CROP_PAD
-    offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator)   # row and column shifts
-    flip = torch.randint(0, 2, (n,), generator=generator, dtype=torch.bool)
-    dev = x.device
-    dy, dx, flip = offsets[0].to(dev), offsets[1].to(dev), flip.to(dev)
     windows = torch.nn.functional.pad(x, (p, p, p, p)).unfold(2, h, 1).unfold(3, w, 1)
-    crops = windows[torch.arange(n, device=dev), :, dy, dx]                # N x C x H x W
-    return torch.where(flip.view(n, 1, 1, 1), crops.flip(-1), crops)
+    crops = windows[torch.arange(n, device=x.device), :, draws[0], draws[1]]   # N x C x H x W
+    return torch.where(draws[2].bool().view(n, 1, 1, 1), crops.flip(-1), crops)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
             augment: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled mini-batches as views of one permuted copy (one gather per epoch, not per batch),
-    each augmented by ``augment_batch(.., augment, generator)`` (training batches only)."""
+    augmented as ``augment`` says (training batches only).  The augmentation's random draws for the
+    whole epoch are made once and moved to the device once: no host-to-device copy per step."""
     perm = torch.randperm(len(y), generator=generator).to(x.device)
     xs, ys = x[perm], y[perm]
+    draws = None
+    if augment is not None:
+        _check_augment(augment)
+        draws = _crop_flip_draws(len(ys), generator).to(x.device)
     for i in range(0, len(ys), batch_size):
-        yield augment_batch(xs[i:i + batch_size], augment, generator), ys[i:i + batch_size]
+        xb = xs[i:i + batch_size]
+        yield (xb if draws is None else _crop_flip(xb, draws[:, i:i + batch_size])), ys[i:i + batch_size]

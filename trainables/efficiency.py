@@ -43,12 +43,10 @@ def count_nonzero_params(model: nn.Module, masks: Mapping[str, torch.Tensor] | N
     if masks is None:
         return sum(int(torch.count_nonzero(p.detach()).item()) for p in model.parameters())
     params = dict(model.named_parameters())
-    # a layer under torch.nn.utils.prune holds ``weight_orig``; its mask is still keyed ``.weight``
-    keyed = {n if n in params else n + "_orig": m for n, m in masks.items()}
-    unknown = [n for n in keyed if n not in params]
+    unknown = [n for n in masks if n not in params]
     if unknown:
         raise KeyError(f"masks name unknown parameters {unknown}")
-    return sum(int((keyed[n] != 0).sum().item()) if n in keyed else p.numel() for n, p in params.items())
+    return sum(int((masks[n] != 0).sum().item()) if n in masks else p.numel() for n, p in params.items())
 
 
 @contextmanager
@@ -108,10 +106,10 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def _mask_layer(name: str, modules: Mapping[str, nn.Module]) -> str | None:
-    """The layer a mask key belongs to, if it masks that layer's weight (``<layer>.weight``; also
-    accepts ``weight_orig``/``weight_mask`` from torch.nn.utils.prune); None for other params."""
+    """The layer a mask key belongs to, if it masks that layer's weight (``<layer>.weight``); None
+    for other params."""
     layer, _, pname = name.rpartition(".")
-    if pname in ("weight", "weight_orig", "weight_mask") and layer in modules:
+    if pname == "weight" and layer in modules:
         return layer
     return None
 
@@ -127,7 +125,11 @@ def masked_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shap
     scaling by weight density is exact for an ideal sparse kernel; for a linear layer likewise.
     Masks on parameters other than a layer's weight (e.g. biases) are ignored: biases cost 0 here.
     """
-    total, per_module = _flop_counts(model, tuple(input_shape))
+    return _masked(model, masks, *_flop_counts(model, tuple(input_shape)))
+
+
+def _masked(model: nn.Module, masks: Mapping[str, torch.Tensor], total: int, per_module: dict[str, int]) -> int:
+    """``total`` less the FLOPs of each masked layer's pruned share (see ``masked_flops``)."""
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
     removed = 0.0
@@ -187,7 +189,7 @@ def summary(model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, 
     ``nonzero_params`` counts mask survivors with masks, non-zero values without;
     ``dense_flops`` is the unmasked count for reference.
     """
-    dense = count_flops(model, input_shape)
-    flops = masked_flops(model, masks, input_shape) if masks is not None else dense
+    dense, per_module = _flop_counts(model, tuple(input_shape))  # one counted forward pass
+    flops = _masked(model, masks, dense, per_module) if masks is not None else dense
     return {"params": count_params(model), "nonzero_params": count_nonzero_params(model, masks),
             "flops": flops, "macs": flops // 2, "dense_flops": dense}

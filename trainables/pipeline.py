@@ -95,12 +95,12 @@ def efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...]
     but runs at the dense network's speed: zeros in a dense kernel cost the same."""
     from trainables import efficiency as eff
     dense_latency = eff.latency_ms(dense, input_shape, device=str(device))["median_ms"]
+    d = eff.summary(dense, input_shape, masks)
     if masks is not None:
-        return {"params": eff.count_nonzero_params(dense, masks), "dense_params": eff.count_params(dense),
-                "flops": eff.masked_flops(dense, masks, input_shape), "dense_flops": eff.count_flops(dense, input_shape),
-                "latency_ms": dense_latency, "dense_latency_ms": dense_latency}
-    return {"params": eff.count_params(pruned), "dense_params": eff.count_params(dense),
-            "flops": eff.count_flops(pruned, input_shape), "dense_flops": eff.count_flops(dense, input_shape),
+        return {"params": d["nonzero_params"], "dense_params": d["params"], "flops": d["flops"],
+                "dense_flops": d["dense_flops"], "latency_ms": dense_latency, "dense_latency_ms": dense_latency}
+    s = eff.summary(pruned, input_shape)
+    return {"params": s["params"], "dense_params": d["params"], "flops": s["flops"], "dense_flops": d["flops"],
             "latency_ms": eff.latency_ms(pruned, input_shape, device=str(device))["median_ms"],
             "dense_latency_ms": dense_latency}
 
@@ -171,7 +171,8 @@ class Pipeline:
             new = prune_round(model, masks, fraction, self.cfg.prune_scope)
             save_tensors(tmp, new)
             overall, per_layer = sparsity(new)
-            return {"round": round_, "sparsity": overall, "layer_sparsity": per_layer}
+            return {"round": round_, "sparsity": overall, "layer_sparsity": per_layer,
+                    "efficiency": efficiency(model, model, self.splits.input_shape, self.device, masks=new)}
         spec_d = {"trained": trained.name, "prev": prev.name if prev else None, "fraction": fraction,
                   "scope": self.cfg.prune_scope, "layers": list(self.cfg.prune_layers or []) or None}
         return self.store.get_or_create("mask", spec_d, compute)

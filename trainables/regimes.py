@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from trainables.artifacts import Artifact
-from trainables.pipeline import ImpResult, Phase, Pipeline, derive_seed, efficiency
+from trainables.pipeline import ImpResult, Phase, Pipeline, derive_seed
 from trainables.pruning import random_masks_like, sparsity
 
 
@@ -122,7 +122,6 @@ def _begin(p: Pipeline, pr: Pruned, weights: str, seeds: dict[str, int], train: 
     seed ``seeds['reinit_seed']``) on the pruned network."""
     if pr.trained is None:
         return Start(None, None, pr.phases, pr.artifacts, seeds, diverged_phase=pr.diverged_phase)
-    shape = p.splits.input_shape
     if pr.mask is not None:
         masks = pr.mask.tensors()
         arts = dict(pr.artifacts)
@@ -131,9 +130,7 @@ def _begin(p: Pipeline, pr: Pruned, weights: str, seeds: dict[str, int], train: 
         else:
             art = p.init(seeds["reinit_seed"])
             w, arts["reinit"] = art.tensors(), art.name
-        dense = p.new_model()
-        return Start(w, masks, pr.phases, arts, seeds, train=train,
-                     efficiency=efficiency(dense, dense, shape, p.device, masks=masks))
+        return Start(w, masks, pr.phases, arts, seeds, train=train, efficiency=pr.mask.meta["efficiency"])
     from trainables.structured import reinitialise
     model = p.restore(pr.arch)
     if weights == "reinit":
@@ -185,10 +182,8 @@ def random_prune(p: Pipeline, lr: float, seed: int, prune_round: int | None = No
     if pr.trained is None:
         return Start(None, None, pr.phases, pr.artifacts, seeds, diverged_phase=pr.diverged_phase)
     if pr.mask is not None:
-        masks = random_masks_like(pr.mask.tensors(), rseed)
-        dense = p.new_model()
-        return Start(pr.theta0.tensors(), masks, pr.phases, pr.artifacts, seeds,
-                     efficiency=efficiency(dense, dense, p.splits.input_shape, p.device, masks=masks))
+        masks = random_masks_like(pr.mask.tensors(), rseed)  # the same survivors per layer: same efficiency
+        return Start(pr.theta0.tensors(), masks, pr.phases, pr.artifacts, seeds, efficiency=pr.mask.meta["efficiency"])
     from trainables.structured import channel_counts
     dense, kept = channel_counts(p.new_model()), pr.arch.meta["channels"]
     # the same number of channels per layer (half a channel of slack: the pruner floors n * (1 - ratio))

@@ -470,19 +470,29 @@ def _refresh_widths(model: nn.Module) -> None:
 def bn_l1_penalty(model: nn.Module, strength: float) -> None:
     """Add ``strength * sign(gamma)`` to every BatchNorm weight's gradient (the subgradient of
     ``strength * sum|gamma|``), as in the network-slimming code.  Call after ``loss.backward()``."""
-    if strength == 0:
-        return
+    if strength:
+        _add_l1_subgradient(_bn_scales(model), strength)
+
+
+def _bn_scales(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, _BN) and m.weight is not None]
+
+
+def _add_l1_subgradient(scales: list[torch.Tensor], strength: float) -> None:
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BN) and m.weight is not None and m.weight.grad is not None:
-                m.weight.grad.add_(torch.sign(m.weight), alpha=strength)
+        for w in scales:
+            if w.grad is not None:
+                w.grad.add_(torch.sign(w), alpha=strength)
 
 
 def slimming_hook(model: nn.Module, strength: float) -> Callable[[torch.optim.Optimizer, tuple, dict], None]:
     """``optimizer.register_step_pre_hook(slimming_hook(model, s))``: the L1 subgradient on the BN
-    weights is added right before every optimiser step."""
+    weights is added right before every optimiser step (the BN layers are found once, here, not
+    at every step)."""
+    scales = _bn_scales(model)
+
     def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        bn_l1_penalty(model, strength)
+        _add_l1_subgradient(scales, strength)
     return hook
 
 
@@ -546,20 +556,8 @@ def restore_pruned(base_model: nn.Module, state: dict[str, Any]) -> nn.Module:
 
 
 def reinitialise(pruned_model: nn.Module, seed: int) -> nn.Module:
-    """A copy of the pruned architecture with fresh weights from ``seed`` (the Scratch-E/B start);
-    the argument is not modified.
-
-    ``trainables.models.init_weights`` draws the Conv/Linear weights; BatchNorm gets gamma=1,
-    beta=0 and empty running statistics (reset here too, so that no inherited statistic can
-    survive whatever ``init_weights`` does with BN)."""
+    """A copy of the pruned architecture with fresh weights from ``seed`` (the Scratch-E/B start):
+    ``trainables.models.init_weights`` (BatchNorm: gamma=1, beta=0, fresh running statistics); the
+    argument is not modified."""
     from trainables.models import init_weights
-
-    work = copy.deepcopy(pruned_model)
-    with torch.no_grad():
-        for m in work.modules():
-            if isinstance(m, _BN):
-                m.reset_running_stats()
-                if m.affine:
-                    m.weight.fill_(1.0)
-                    m.bias.zero_()
-    return init_weights(work, seed)
+    return init_weights(copy.deepcopy(pruned_model), seed)
