@@ -29,7 +29,6 @@ REGIME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#d62728", "late_
 # unknown regimes, in the order first met: colours none of the known regimes uses
 _EXTRA_COLORS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 _EXTRA_ASSIGNED: dict[str, str] = {}
-REGIME_LABELS = design.REGIME_LABELS
 DPI = 120
 
 
@@ -42,13 +41,11 @@ def color(regime: str) -> str:
     return _EXTRA_ASSIGNED[regime]
 
 
-def label(regime: str) -> str:
-    return design.label(regime)
+label = design.label  # the regimes' readable names live in analysis.design
 
 
 def regimes_in(df: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(df["regime"].dropna()))
-    return [r for r in REGIME_COLORS if r in present] + [r for r in present if r not in REGIME_COLORS]
+    return design.sort_regimes(df["regime"].dropna())
 
 
 def conditions_in(df: pd.DataFrame) -> list[str]:

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.design import sort_regimes
+from analysis.design import DEFAULT_CONTRASTS, LOTTERY, sort_regimes
 
 ALPHA = 0.05
 DEFAULT_MARGIN_POINTS = 1.0  # equivalence margin, in accuracy points (1 point = 0.01 accuracy)
@@ -284,7 +284,7 @@ def compare_contrasts(trials: pd.DataFrame, contrasts: Iterable[tuple[str, str]]
     """``compare_regimes`` for every contrast ``(a, b)`` (default: the lottery pair), stacked in
     contrast order, with columns ``a`` and ``b`` added; a contrast whose regimes did not both run
     in some condition gives no row there.  ``names(a, b)``: the sentence's names (default: ids)."""
-    pairs = [("winning_ticket", "random_reinit")] if contrasts is None else list(contrasts)
+    pairs = DEFAULT_CONTRASTS[LOTTERY] if contrasts is None else list(contrasts)
     frames = []
     for a, b in pairs:
         df = compare_regimes(trials, a=a, b=b, margin_points=margin_points, alpha=alpha,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.design import LOTTERY, label, sort_regimes
+from analysis.design import DEFAULT_CONTRASTS, LOTTERY, label, sort_regimes
 
 LR_MATCH_DECADES = 0.02  # trials within this distance in log10(lr) count as "the same LR"
 
@@ -185,13 +185,13 @@ def _cap(s: str) -> str:
 
 def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: float | None = None,
                    verdicts: list[str] | None = None, contrasts: list[tuple[str, str]] | None = None,
-                   study_kind: str = LOTTERY) -> str:
+                   study_kind: str = LOTTERY, eff: pd.DataFrame | None = None) -> str:
     """The verdicts first (when there was a confirmation), then the search (with each contrast's
     advantage, default: the lottery pair), the efficiency of the pruned networks, then the compute."""
     lines = [""]
     if verdicts:
         lines += ["Verdicts (confirmation on fresh seeds, test accuracy):", "", *verdicts, ""]
-    eff = efficiency(trials)
+    eff = efficiency(trials) if eff is None else eff  # the report's, when it has been built
     trials = trials[trials["phase"] == "search"]
     best = best_per_regime(trials)
     lines += ["Search: each regime at its own best learning rate (chosen on validation accuracy):", ""]
@@ -200,7 +200,7 @@ def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: flo
         lines.append(f"{r['regime']:<16} {_fmt(r['best_lr'], '.3g'):>9} {_fmt(r['best_val_acc']):>8} "
                      f"{_fmt(r['test_acc']):>8} {r['trials']:>7} {r['diverged']:>8}")
     shown = 0
-    for a, b in ([("winning_ticket", "random_reinit")] if contrasts is None else contrasts):
+    for a, b in (DEFAULT_CONTRASTS[LOTTERY] if contrasts is None else contrasts):
         adv = advantage(trials, best, a, b)
         if not len(adv):
             continue

@@ -85,11 +85,9 @@ class Progress:
 
 class StudyCallback(tune.Callback):
     def __init__(self, study: str, study_dir: Path, study_hash: str, tracker: MlflowTracker,
-                 progress: Progress, trial_params: dict[str, Any], optuna_study: str | None = None,
-                 shared: Storage | None = None):
+                 progress: Progress, trial_params: dict[str, Any], shared: Storage | None = None):
         self.study, self.study_dir, self.study_hash = study, Path(study_dir), study_hash
         self.tracker, self.progress, self.trial_params = tracker, progress, trial_params
-        self.optuna_study = optuna_study
         self.shared = shared or Storage(str(self.study_dir))  # where trials write their records
         self._load()
 
@@ -114,7 +112,7 @@ class StudyCallback(tune.Callback):
             params = {"regime": c["regime"], "lr": c["lr"], "log10_lr": math.log10(c["lr"]), "seed": c["seed"],
                       "phase": c.get("phase", "search"), **self.trial_params}
             if c.get("phase", "search") == "search":
-                params.update(optuna_trial=c.get("optuna_trial"), optuna_study=self.optuna_study)
+                params.update(optuna_trial=c.get("optuna_trial"), optuna_study=optuna_study_name(self.study, c["regime"]))
             else:
                 params.update(condition=c.get("condition"), prune_round=c.get("prune_round"))
             self.runs[trial.trial_id] = self.tracker.start_child(
@@ -166,7 +164,7 @@ class StudyCallback(tune.Callback):
         search = c.get("phase", "search") == "search"
         record.update(
             mlflow_run_id=self._run_id(trial),
-            optuna_study=(self.optuna_study or optuna_study_name(self.study, c["regime"])) if search else None,
+            optuna_study=optuna_study_name(self.study, c["regime"]) if search else None,
             optuna_trial=c.get("optuna_trial"), study_hash=self.study_hash,
             trial_hash=spec_hash({"study": self.study_hash, **{k: v for k, v in c.items() if k != "optuna_trial"}}))
         if record.get("status") == "completed":

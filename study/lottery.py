@@ -145,15 +145,14 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
     status = "FAILED"
     if resume:
         caught = StudyCallback(a.name, study_dir, study_hash, tracker, Progress({}), trial_params(opts),
-                               None, shared).catch_up()
+                               shared).catch_up()
         if caught:
             print(f"{caught} finished trials recorded that the interrupted run had not", flush=True)
     try:
         if search:
             progress = Progress({r: a.num_samples for r in opts.regimes})
             for regime in opts.regimes:
-                cb = StudyCallback(a.name, study_dir, study_hash, tracker, progress, trial_params(opts),
-                                   optuna_study_name(a.name, regime), shared)
+                cb = StudyCallback(a.name, study_dir, study_hash, tracker, progress, trial_params(opts), shared)
                 done = cb.finished_count(regime)
                 if done >= a.num_samples:
                     print(f"--- {regime}: all {done} trials done before", flush=True)
@@ -177,7 +176,7 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
         trials, epochs = read_tables(study_dir)
         report = build_report(study_dir, a.equivalence_margin)
         summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"],
-                                 report["contrasts"], report["study_kind"])
+                                 report["contrasts"], report["study_kind"], report["efficiency"])
         (study_dir / "summary.txt").write_text(summary + "\n")
         best = best_per_regime(trials[trials["phase"] == "search"])
         metrics = {f"{r['regime']}/{k}": float(r[k]) for _, r in best.iterrows()

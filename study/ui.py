@@ -121,50 +121,28 @@ def _log_path(study: str, what: str, port: int) -> Path:
     return Path(tempfile.gettempdir()) / f"study-ui-{study}-{what}-{port}.log"
 
 
-def _get_json(url: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 
 
-def comparison_runs(base: str, experiment_id: str) -> tuple[str, list[str]]:
-    """The runs that compare the regimes best: the ``tuned`` confirmation runs at the final sparsity
-    (every regime at its own best LR, on the same fresh seeds) when there are any, else each
-    regime's best search run.  Returns (what they are, run ids)."""
-    runs: list[dict] = []
-    token = None
-    while True:
-        body = {"experiment_ids": [experiment_id], "max_results": 1000, "filter": "tags.phase != 'study'"}
-        if token:
-            body["page_token"] = token
-        page = _get_json(f"{base}/api/2.0/mlflow/runs/search", body)
-        runs += page.get("runs", [])
-        token = page.get("next_page_token")
-        if not token:
-            break
-
-    def tags(run: dict) -> dict[str, str]:
-        return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-
-    def params(run: dict) -> dict[str, str]:
-        return {p["key"]: p["value"] for p in run["data"].get("params", [])}
-
-    def metric(run: dict, key: str) -> float:
-        return next((m["value"] for m in run["data"].get("metrics", []) if m["key"] == key), float("-inf"))
-
-    rounds = {params(r).get("rounds") for r in runs}
-    final_round = max((int(x) for x in rounds if x and x.isdigit()), default=None)
-    tuned = [r["info"]["run_id"] for r in runs if tags(r).get("condition") == "tuned"
-             and (final_round is None or params(r).get("prune_round") in (None, str(final_round)))]
-    if tuned:
-        return "each regime at its own best LR on the confirmation seeds (condition tuned)", tuned
-    best: dict[str, dict] = {}
-    for r in runs:
-        regime = tags(r).get("regime")
-        if regime and (regime not in best or metric(r, "final_val_acc") > metric(best[regime], "final_val_acc")):
-            best[regime] = r
-    return "each regime's best search trial", [r["info"]["run_id"] for r in best.values()]
+def comparison_runs(study_dir: Path) -> tuple[str, list[str]]:
+    """The runs that compare the regimes best, from the study's Parquet table (which holds each
+    trial's MLflow run id): the ``tuned`` confirmation runs at the final sparsity (every regime at
+    its own best LR, on the same fresh seeds) when there are any, else each regime's best search
+    run.  Returns (what they are, run ids)."""
+    from analysis.summary import best_per_regime, read_tables
+    if not (study_dir / "results" / "trials.parquet").is_file():
+        return "", []
+    trials, _ = read_tables(study_dir)
+    tuned = trials[(trials["phase"] == "confirm") & (trials["condition"] == "tuned")]
+    final = tuned[tuned["prune_round"].isna() | (tuned["prune_round"] == tuned["prune_round"].max())]
+    if len(final):
+        return ("each regime at its own best LR on the confirmation seeds (condition tuned)",
+                list(final["mlflow_run_id"].dropna()))
+    best = best_per_regime(trials[trials["phase"] == "search"])
+    ids = trials.set_index("trial_id")["mlflow_run_id"]
+    return "each regime's best search trial", [ids[t] for t in best["trial_id"].dropna() if t in ids]
 
 
 def runs_url(base: str, experiment_id: str) -> str:
@@ -185,7 +163,7 @@ def open_mlflow(study_dir: Path, name: str, host: str, port: int, out: TextIO) -
         exp = _get_json(f"{base}/api/2.0/mlflow/experiments/get-by-name?"
                         + urllib.parse.urlencode({"experiment_name": name}))["experiment"]
         eid = exp["experiment_id"]
-        what, ids = comparison_runs(base, eid)
+        what, ids = comparison_runs(study_dir)
     except Exception:
         served.stop()
         raise
@@ -212,6 +190,7 @@ def open_optuna(study_dir: Path, name: str, host: str, port: int, out: TextIO) -
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     """``python -m study.ui <study folder>``: the MLflow UI (or optuna-dashboard) on a study."""
+    from analysis.design import read_study_info
     from study.options import OneLineParser
     p = OneLineParser(prog="python -m study.ui", description=main.__doc__)
     p.add_argument("study_dir", help="a study folder (made by python -m study.lottery)")
@@ -224,7 +203,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         p.error(f"study_dir must be a study folder with a study.json ({study_dir})")
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be between 1 and 65535, or 0 for a free one (got {args.port})")
-    info = json.loads((study_dir / "study.json").read_text())
+    info = read_study_info(study_dir)
     name = info.get("name") or info["args"]["name"]
     store = study_dir / ("optuna.db" if args.optuna else "mlflow.db")
     mlflow_uri = info["args"].get("mlflow_uri")

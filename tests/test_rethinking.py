@@ -222,3 +222,10 @@ def test_rethinking_on_real_fashion_mnist(tmp_path, ray_env):
     best = trials[trials.phase == "confirm"].groupby("regime").test_acc.mean()
     assert (best > 0.6).all(), best  # real images, learnt: chance is 0.1
     assert "Verdicts" in r.stdout
+
+
+def test_train_subset_trains_on_the_first_n_of_the_split(tmp_path, data_dir):
+    full, sub = pipeline(tmp_path, data_dir), pipeline(tmp_path, data_dir, train_subset=500)
+    assert len(sub.splits.y_train) == 500 and torch.equal(sub.splits.x_train, full.splits.x_train[:500])
+    assert torch.equal(sub.splits.x_val, full.splits.x_val)  # validation and test untouched
+    assert sub.init(0).name != full.init(0).name  # a different data set names different artifacts

@@ -171,11 +171,18 @@ class Pipeline:
             new = prune_round(model, masks, fraction, self.cfg.prune_scope)
             save_tensors(tmp, new)
             overall, per_layer = sparsity(new)
-            return {"round": round_, "sparsity": overall, "layer_sparsity": per_layer,
-                    "efficiency": efficiency(model, model, self.splits.input_shape, self.device, masks=new)}
+            return {"round": round_, "sparsity": overall, "layer_sparsity": per_layer}
         spec_d = {"trained": trained.name, "prev": prev.name if prev else None, "fraction": fraction,
                   "scope": self.cfg.prune_scope, "layers": list(self.cfg.prune_layers or []) or None}
         return self.store.get_or_create("mask", spec_d, compute)
+
+    def mask_efficiency(self, mask: Artifact) -> dict[str, Any]:
+        """Parameters, FLOPs and latency of the network under ``mask`` against the dense one,
+        measured once per mask (a meta-only artifact; the lottery regimes never ask for it)."""
+        def compute(tmp):
+            model = self.new_model()
+            return {"efficiency": efficiency(model, model, self.splits.input_shape, self.device, masks=mask.tensors())}
+        return self.store.get_or_create("efficiency", {"mask": mask.name}, compute).meta["efficiency"]
 
     def prune_channels(self, weights: Artifact, method: str, seed: int = 0,
                        exact: dict[str, float] | None = None) -> Artifact:

@@ -130,7 +130,7 @@ def _begin(p: Pipeline, pr: Pruned, weights: str, seeds: dict[str, int], train: 
         else:
             art = p.init(seeds["reinit_seed"])
             w, arts["reinit"] = art.tensors(), art.name
-        return Start(w, masks, pr.phases, arts, seeds, train=train, efficiency=pr.mask.meta["efficiency"])
+        return Start(w, masks, pr.phases, arts, seeds, train=train, efficiency=p.mask_efficiency(pr.mask))
     from trainables.structured import reinitialise
     model = p.restore(pr.arch)
     if weights == "reinit":
@@ -183,7 +183,7 @@ def random_prune(p: Pipeline, lr: float, seed: int, prune_round: int | None = No
         return Start(None, None, pr.phases, pr.artifacts, seeds, diverged_phase=pr.diverged_phase)
     if pr.mask is not None:
         masks = random_masks_like(pr.mask.tensors(), rseed)  # the same survivors per layer: same efficiency
-        return Start(pr.theta0.tensors(), masks, pr.phases, pr.artifacts, seeds, efficiency=pr.mask.meta["efficiency"])
+        return Start(pr.theta0.tensors(), masks, pr.phases, pr.artifacts, seeds, efficiency=p.mask_efficiency(pr.mask))
     from trainables.structured import channel_counts
     dense, kept = channel_counts(p.new_model()), pr.arch.meta["channels"]
     # the same number of channels per layer (half a channel of slack: the pruner floors n * (1 - ratio))
