@@ -65,11 +65,13 @@ COPY --chown=ray:ray study/ study/
 COPY --chown=ray:ray trainables/ trainables/
 COPY --chown=ray:ray search_spaces/ search_spaces/
 COPY --chown=ray:ray analysis/ analysis/
+COPY --chown=ray:ray scripts/ scripts/
 
-# The README's install command, verbatim (tests/test_deploy.py holds the two equal).  It installs
+# The README's install command with --no-system-packages (tests/test_deploy.py holds the two equal):
+# the image runs studies, not the browser test, so it skips the test suite's Debian packages.  It installs
 # the Ray version pyproject.toml pins (ray[tune]==2.60.*).
 RUN --mount=type=cache,target=/home/ray/.cache/pip,uid=1000,gid=1000 \
-    python3 -m venv .venv && .venv/bin/pip install -e ".[dev]"
+    scripts/setup --no-system-packages
 
 # What a cluster needs beyond the project, at exactly the Ray version just installed (read back
 # from it, never resolved again): ray[default] (dashboard, job submission, the autoscaler's

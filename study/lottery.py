@@ -156,11 +156,14 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
                 done = cb.finished_count(regime)
                 if done >= a.num_samples:
                     print(f"--- {regime}: all {done} trials done before", flush=True)
-                    continue
-                print(f"--- {regime}: {a.num_samples} trials" + (f" ({done} done before)" if done else ""), flush=True)
-                run_regime(opts, regime, ctx, cb, concurrency, resume)
-                if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
-                    raise KeyboardInterrupt
+                else:
+                    print(f"--- {regime}: {a.num_samples} trials" + (f" ({done} done before)" if done else ""),
+                          flush=True)
+                    run_regime(opts, regime, ctx, cb, concurrency, resume)
+                    if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
+                        raise KeyboardInterrupt
+                # also when every trial was done before: the last may have finished while the driver
+                # was down, its Optuna trial still RUNNING
                 close_orphans_of(opts, regime)
         if not a.no_confirm:  # the callbacks keep the tables current: best LRs come from them
             if not run_confirmation(opts, ctx, tracker, study_hash, trial_params(opts), concurrency, resume=resume):

@@ -16,6 +16,14 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables, the study prints its own
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+    # MLflow sets its loggers' level from this when it is imported: no "Creating initial MLflow
+    # database tables" / "Updating database tables" lines when a study makes its mlflow.db
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+# Ray's notice that a new local runtime has token authentication on (it stays on: it guards the
+# runtime against other users of the machine); the study says nothing about it.
+RAY_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def quiet_logs() -> None:
@@ -23,6 +31,7 @@ def quiet_logs() -> None:
     import logging
     for name in ("optuna", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger(RAY_AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     try:
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -36,6 +45,7 @@ def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = 
     import logging
 
     import ray
+    quiet_logs()  # after Ray's import, which configures its loggers
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:

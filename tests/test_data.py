@@ -20,7 +20,6 @@ from trainables.data import (
     Splits,
     augment_batch,
     batches,
-    fashion_mnist_from_debian,
     load_splits,
 )
 
@@ -102,19 +101,33 @@ def _files(root: Path) -> list[str]:
 # Real Fashion-MNIST, from Debian's dataset-fashion-mnist
 # ---------------------------------------------------------------------------------------------
 
+DEBIAN_FASHION = D._SOURCES["fashion_mnist"].apt_dir
+
+
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory) -> Path:
-    if not all((D.FASHION_MNIST_DEBIAN_DIR / f"{f}.gz").is_file() for f in D._MNIST_FILES):
-        pytest.fail(f"Fashion-MNIST not found in {D.FASHION_MNIST_DEBIAN_DIR}: "
-                    f"run `apt-get install dataset-fashion-mnist` (Debian package with the real data)")
-    return fashion_mnist_from_debian(tmp_path_factory.mktemp("fashion"))
+    """An empty data_dir: loading Fashion-MNIST fills it from Debian's package by itself."""
+    if not all((DEBIAN_FASHION / f"{f}.gz").is_file() for f in D._MNIST_FILES):
+        pytest.fail(f"Fashion-MNIST not found in {DEBIAN_FASHION}: run scripts/setup "
+                    f"(or `apt-get install dataset-fashion-mnist`, Debian's package with the real data)")
+    return tmp_path_factory.mktemp("fashion")
 
 
-def test_fashion_mnist_real(fashion_dir):
+@pytest.fixture
+def no_debian_fashion(monkeypatch):
+    """A machine without Debian's dataset-fashion-mnist."""
+    import dataclasses
+    monkeypatch.setitem(D._SOURCES, "fashion_mnist", dataclasses.replace(D._SOURCES["fashion_mnist"], apt_dir=None))
+
+
+def test_fashion_mnist_real(fashion_dir, capsys):
     load_splits.cache_clear()
-    raw = fashion_dir / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == sorted(D._MNIST_FILES)
     s = load_splits("fashion_mnist", str(fashion_dir), 0, 0.1, 7)
+    said = capsys.readouterr().out.strip().splitlines()
+    raw = fashion_dir / "FashionMNIST" / "raw"
+    assert said == [f"fashion_mnist: not in {raw}; unpacked there from Debian's dataset-fashion-mnist "
+                    f"({DEBIAN_FASHION})"], said
+    assert sorted(p.name for p in raw.iterdir()) == sorted(D._MNIST_FILES)
     assert s.x_train.shape == (54000, 1, 28, 28) and s.x_val.shape == (6000, 1, 28, 28)
     assert s.x_test.shape == (10000, 1, 28, 28) and s.y_test.shape == (10000,)
     assert s.x_train.dtype == torch.float32 and s.y_train.dtype == torch.int64
@@ -131,10 +144,11 @@ def test_fashion_mnist_real(fashion_dir):
     load_splits.cache_clear()
     t = load_splits("fashion_mnist", str(fashion_dir), 0, 0.1, 7)
     assert torch.equal(s.x_train, t.x_train) and torch.equal(s.y_val, t.y_val)
+    assert capsys.readouterr().out == ""  # found in data_dir now: nothing to say
     load_splits.cache_clear()
 
 
-def test_download_path_moves_complete_files_into_place(fashion_dir, tmp_path, monkeypatch):
+def test_download_path_moves_complete_files_into_place(fashion_dir, no_debian_fashion, tmp_path, monkeypatch):
     """With torchvision's fetch faked by a copy from Debian's files, an empty data_dir is filled
     through the staging folder, leaving only the raw files and the cache."""
     import gzip
@@ -145,7 +159,7 @@ def test_download_path_moves_complete_files_into_place(fashion_dir, tmp_path, mo
     def fake_fetch(url, download_root, filename, md5):
         os.makedirs(download_root, exist_ok=True)
         name = filename[:-3]
-        with gzip.open(D.FASHION_MNIST_DEBIAN_DIR / filename) as fin, open(Path(download_root) / name, "wb") as fo:
+        with gzip.open(DEBIAN_FASHION / filename) as fin, open(Path(download_root) / name, "wb") as fo:
             shutil.copyfileobj(fin, fo)
 
     monkeypatch.setattr(tvm, "download_and_extract_archive", fake_fetch)
@@ -176,7 +190,7 @@ def offline(monkeypatch):
     ("cifar10", ["cifar-10-batches-py", "data_batch_1..5, test_batch", "cifar-10-python.tar.gz"]),
     ("cifar100", ["cifar-100-python", "train, test", "cifar-100-python.tar.gz"]),
 ])
-def test_offline_error(name, expect, tmp_path, offline):
+def test_offline_error(name, expect, tmp_path, offline, no_debian_fashion):
     d = tmp_path / "empty"
     d.mkdir()
     start = time.perf_counter()

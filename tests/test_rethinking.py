@@ -207,8 +207,7 @@ def test_rethinking_on_real_fashion_mnist(tmp_path, ray_env):
     import subprocess
     import sys
 
-    from trainables.data import fashion_mnist_from_debian
-    data = fashion_mnist_from_debian(tmp_path / "data")
+    data = tmp_path / "data"  # empty: the study unpacks Debian's files into it by itself
     args = ["--dataset", "fashion_mnist", "--model", "lenet300", "--train-subset", "2000", "--batch-size", "100",
             "--num-samples", "2", "--startup-trials", "2", "--epochs", "2", "--lr-grid", "2", "--confirm-seeds", "2",
             "--root", str(tmp_path / "s"), "--name", "fm", "--data-dir", str(data), "--num-cpus", "2"]
@@ -222,6 +221,8 @@ def test_rethinking_on_real_fashion_mnist(tmp_path, ray_env):
     best = trials[trials.phase == "confirm"].groupby("regime").test_acc.mean()
     assert (best > 0.6).all(), best  # real images, learnt: chance is 0.1
     assert "Verdicts" in r.stdout
+    said = f"fashion_mnist: not in {data / 'FashionMNIST' / 'raw'}; unpacked there from Debian's dataset-fashion-mnist"
+    assert r.stdout.splitlines()[0].startswith(said), r.stdout[:500]
 
 
 def test_train_subset_trains_on_the_first_n_of_the_split(tmp_path, data_dir):

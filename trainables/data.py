@@ -9,7 +9,9 @@ Sources:
 * ``mnist1d``: generated offline by the ``mnist1d`` package, cached as ``.npz`` keyed by the
   parameters that determine it.
 * ``mnist``, ``fashion_mnist``: torchvision's ``MNIST``/``FashionMNIST`` classes read the IDX files
-  in ``<data_dir>/<Class>/raw/``.
+  in ``<data_dir>/<Class>/raw/``.  Where that folder lacks them and the machine has the data set as a
+  Debian package (``dataset-fashion-mnist``: gzipped IDX files under ``/usr/share/datasets/``), the
+  package's files are unpacked there, with one line saying so, instead of a download.
 * ``cifar10``, ``cifar100``: the python-pickle batches (``<data_dir>/cifar-10-batches-py/``,
   ``<data_dir>/cifar-100-python/``) read by our own restricted unpickler; torchvision's CIFAR classes
   md5-check every file even without downloading, and a plain ``pickle.load`` of a downloaded file
@@ -119,7 +121,6 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 DOWNLOAD_TIMEOUT_S = 20.0  # per socket operation while downloading (an unreachable host fails fast)
-FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package dataset-fashion-mnist
 _CACHE_VERSION = 1
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -136,6 +137,8 @@ class _ImageSource:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     cache: bool               # keep the decoded uint8 images as .npz next to the raw files
+    apt_package: str | None = None  # a Debian package holding the raw files gzipped, in apt_dir
+    apt_dir: Path | None = None
 
 
 _SOURCES = {
@@ -146,9 +149,10 @@ _SOURCES = {
     "fashion_mnist": _ImageSource(
         "fashion_mnist", "FashionMNIST/raw", _MNIST_FILES, ", ".join(_MNIST_FILES),
         "gunzip the four files from http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ into that "
-        "folder, or on Debian `apt-get install dataset-fashion-mnist` and call "
-        "trainables.data.fashion_mnist_from_debian(data_dir)",
-        FASHION_MNIST_MEAN, FASHION_MNIST_STD, cache=True),
+        "folder, or on Debian/Ubuntu `apt-get install dataset-fashion-mnist` (its files in "
+        "/usr/share/datasets/fashion-mnist are then used by themselves)",
+        FASHION_MNIST_MEAN, FASHION_MNIST_STD, cache=True,
+        apt_package="dataset-fashion-mnist", apt_dir=Path("/usr/share/datasets/fashion-mnist")),
     "cifar10": _ImageSource(
         "cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
         "data_batch_1..5, test_batch",
@@ -184,21 +188,17 @@ def _gunzip_atomic(src: Path, dst: Path) -> None:
             os.unlink(tmp)
 
 
-def fashion_mnist_from_debian(root: str | Path, source: str | Path = FASHION_MNIST_DEBIAN_DIR) -> Path:
-    """Make ``root`` a data_dir holding Fashion-MNIST, from Debian's ``dataset-fashion-mnist`` package
-    (gzipped IDX files in ``source``), gunzipped into ``<root>/FashionMNIST/raw/`` as torchvision
-    expects.  Files already there are kept.  Returns ``root``."""
-    root, source = Path(root), Path(source)
-    raw = root / _SOURCES["fashion_mnist"].folder
-    for f in _MNIST_FILES:
-        if (raw / f).is_file():
-            continue
-        gz = source / f"{f}.gz"
-        if not gz.is_file():
-            raise DataUnavailable(f"fashion_mnist: {gz} not found; install Debian's package with "
-                                  f"`apt-get install dataset-fashion-mnist`")
-        _gunzip_atomic(gz, raw / f)
-    return root
+def _from_apt_package(data_dir: Path, src: _ImageSource) -> bool:
+    """Unpack ``src``'s raw files from its Debian package's folder into ``data_dir`` (files already
+    there are kept) and say so in one line; False, doing nothing, where the package's files are not
+    all there."""
+    if src.apt_dir is None or not all((src.apt_dir / f"{f}.gz").is_file() for f in src.files):
+        return False
+    for f in _missing(data_dir, src):
+        _gunzip_atomic(src.apt_dir / f"{f}.gz", data_dir / src.folder / f)
+    print(f"{src.name}: not in {data_dir / src.folder}; unpacked there from Debian's {src.apt_package} "
+          f"({src.apt_dir})", flush=True)
+    return True
 
 
 def _download(data_dir: Path, src: _ImageSource) -> None:
@@ -252,7 +252,7 @@ def _ensure_files(data_dir: Path, src: _ImageSource) -> None:
             if gz.is_file():
                 _gunzip_atomic(gz, data_dir / src.folder / f)
         missing = _missing(data_dir, src)
-    if missing:
+    if missing and not _from_apt_package(data_dir, src):
         _download(data_dir, src)
 
 
@@ -344,9 +344,8 @@ def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -
 
 
 def _image_loader(name: str) -> Callable[[Path, int], dict[str, np.ndarray]]:
-    src = _SOURCES[name]
-
     def load(data_dir: Path, seed: int) -> dict[str, np.ndarray]:  # seed: unused, the data are fixed
+        src = _SOURCES[name]
         data_dir = Path(data_dir)
         _ensure_files(data_dir, src)
         if not src.cache:
