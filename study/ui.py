@@ -225,12 +225,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
     def on_signal(signum, frame) -> None:
         stop["now"] = True
-    signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C stops it even where it was started with SIGINT ignored (as a shell without job control
+    # starts background commands: Python then installs no KeyboardInterrupt handler of its own)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     try:
         while not stop["now"] and served.proc.poll() is None:
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         served.stop()
     if served.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL) and not stop["now"]:

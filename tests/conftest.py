@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -29,7 +30,8 @@ def ray_env(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     (Path(ray_tmp) / "ray").mkdir()
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+           "HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg",
+           "PYTHONFAULTHANDLER": "1"}  # a crash of a study process shows its Python stack
     (tmp_path / "home").mkdir()
     yield env
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
@@ -61,19 +63,23 @@ REGIMES = ("winning_ticket", "random_reinit", "late_rewind")
 N_CONFIRM = len(REGIMES) * 3 * K + 2 * 1 * K
 
 
+class FinishedStudy(NamedTuple):
+    dir: Path  # the study folder
+    out: str   # what the command printed on stdout
+    err: str   # ... and on stderr
+
+
 @pytest.fixture(scope="session")
-def finished_study(tmp_path_factory, data_dir):
-    """One tiny study, search and confirmation, run once for every test that reads a finished study."""
-    import os
-    import shutil
-    import subprocess
-    import tempfile
+def finished_study(tmp_path_factory, data_dir) -> FinishedStudy:
+    """One tiny study, search and confirmation, run once for every test that reads a finished study.
+    Ray's token authentication is left as a user has it (on: the token goes to the test's HOME)."""
     tmp = tmp_path_factory.mktemp("e2e")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     (Path(ray_tmp) / "ray").mkdir()
     (tmp / "home").mkdir()
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
            "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_AUTH_MODE", None)
     args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "2", "--rounds", "2",
             "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
             "--root", str(tmp / "studies"), "--name", "tiny", "--data-dir", data_dir, "--num-cpus", "2",
@@ -83,4 +89,13 @@ def finished_study(tmp_path_factory, data_dir):
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert not left, f"Ray processes left behind: {left}"
-    return tmp / "studies" / "tiny", r.stdout
+    return FinishedStudy(tmp / "studies" / "tiny", r.stdout, r.stderr)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist (``-n``), the tests that read the shared tiny study run on one worker, so
+    that it is made once per test run (``--dist loadgroup``)."""
+    for item in items:
+        if "finished_study" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("finished_study"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -51,7 +52,7 @@ def test_bad_flag_through_the_real_command(tmp_path, ray_env):
 
 
 def test_summary_is_printed(finished_study):
-    _, out = finished_study
+    out = finished_study.out
     assert out.index("Verdicts") < out.index("Search: each regime at its own best learning rate")
     for condition in ("tuned", "fixed_small", "fixed_large"):
         assert condition in out.split("Verdicts")[1].split("Search:")[0]
@@ -61,8 +62,23 @@ def test_summary_is_printed(finished_study):
     assert "Artifact sharing" in out
 
 
+# The study's own lines before its summary: the header, the progress view, nothing else
+OWN_LINE = re.compile(r"(Study \S+: .*|folder /.*|MLflow: .*|Ray: .*|--- .*|\[ *\d+s\] .*|)$")
+
+
+def test_first_screen_has_only_the_studys_own_lines(finished_study):
+    """No other library's notices (MLflow's schema migration, Ray's token authentication, Tune's
+    tables), with Ray's token authentication on as a user has it."""
+    head = finished_study.out.split("Verdicts")[0].splitlines()
+    assert head[0].startswith("Study tiny: ") and head[1].startswith("folder ")
+    assert [ln for ln in head if not OWN_LINE.match(ln)] == []
+    assert finished_study.err == ""
+    home = finished_study.dir.parents[1] / "home"
+    assert (home / ".ray" / "auth_token").is_file()  # authentication stayed on
+
+
 def test_confirmation_rows(finished_study):
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
     conf = trials[trials.phase == "confirm"]
     assert len(conf) == N_CONFIRM and set(conf["status"]) == {"completed"}
@@ -85,7 +101,7 @@ def test_confirmation_rows(finished_study):
 
 
 def test_report_is_built(finished_study):
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     md = (study_dir / "report" / "report.md").read_text()
     assert "verdict" in md.lower() and (study_dir / "report" / "report.html").stat().st_size > 0
     figures = list((study_dir / "report" / "figures").glob("*.png"))
@@ -93,7 +109,7 @@ def test_report_is_built(finished_study):
 
 
 def test_parquet_tables(finished_study):
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
     epochs = pq.read_table(study_dir / "results" / "epochs.parquet").to_pandas()
     assert len(trials) == N * len(REGIMES) + N_CONFIRM and trials["trial_id"].is_unique
@@ -124,7 +140,7 @@ def test_parquet_tables(finished_study):
 
 def test_mlflow_runs(finished_study):
     from mlflow.tracking import MlflowClient
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
@@ -153,7 +169,7 @@ def test_mlflow_runs(finished_study):
 
 def test_optuna_storage(finished_study):
     import optuna
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
     storage = f"sqlite:///{study_dir / 'optuna.db'}"
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
@@ -180,9 +196,11 @@ def test_a_diverging_study_goes_on(tmp_path, ray_env, data_dir):
     assert not any(math.isnan(v) for v in trials["val_acc"])
 
 
-def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir):
+def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir, capsys):
     import subprocess
     import sys
+
+    from study.confirm import main as confirm_main
     from tests.conftest import ROOT
     common = ["--epochs", "1", "--rounds", "1", "--lr-min", "0.01", "--lr-max", "0.3", "--lr-grid", "2",
               "--root", str(tmp_path / "s"), "--name", "later", "--data-dir", data_dir, "--num-cpus", "2",
@@ -195,10 +213,14 @@ def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir):
     def confirm(*args):
         return subprocess.run([sys.executable, "-m", "study.confirm", *args], cwd=ROOT, env=ray_env,
                               capture_output=True, text=True, timeout=600)
-    bad = confirm(str(tmp_path))  # not a study folder
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "study_dir" in bad.stderr
-    bad = confirm(str(study), "--confirm-seeds", "0")
-    assert bad.returncode == 2 and "--confirm-seeds" in bad.stderr
+    def refused(*args) -> str:  # refusals come before Ray or anything else starts: in this process
+        with pytest.raises(SystemExit) as exc:
+            confirm_main(list(args))
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+        return err
+    assert "study_dir" in refused(str(tmp_path))  # not a study folder
+    assert "--confirm-seeds" in refused(str(study), "--confirm-seeds", "0")
     ok = confirm(str(study), "--confirm-seeds", "2", "--no-sweep")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Verdicts" in ok.stdout
@@ -208,5 +230,4 @@ def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir):
     assert {"artifacts", "trial-records", "ray"} <= {p.name for p in shared.iterdir()}
     assert not (study / "artifacts").exists() and not (study / "ray").exists()
     assert len(list((shared / "trial-records").glob("*.json"))) == len(trials)
-    again = confirm(str(study))
-    assert again.returncode == 2 and "already" in again.stderr
+    assert "already" in refused(str(study))

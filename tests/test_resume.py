@@ -27,7 +27,7 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     root = tmp_path / "s"
     args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "8", "--rounds", "2",
             "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
-            "--checkpoint-every", "1", "--confirm-seeds", "2", "--no-sweep",
+            "--checkpoint-every", "1", "--confirm-seeds", "2", "--no-sweep", "--no-fixed",
             "--root", str(root), "--name", "killed", "--data-dir", data_dir, "--num-cpus", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=ray_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -55,7 +55,7 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     search = trials[trials.phase == "search"]
     assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}
     assert Counter(search["regime"]) == {r: N for r in REGIMES}
-    assert (trials.phase == "confirm").sum() == len(REGIMES) * 3 * 2
+    assert (trials.phase == "confirm").sum() == len(REGIMES) * 1 * 2  # tuned only, two seeds
     final = epochs[epochs.stage == "final"]
     per_trial = final.groupby("trial_id")["epoch"].apply(list)
     assert all(v == list(range(1, 9)) for v in per_trial), "an epoch lost or duplicated"

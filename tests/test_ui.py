@@ -155,7 +155,7 @@ def test_bad_inputs_fail_with_one_line(tmp_path):
 
 def test_a_port_in_use_is_refused(finished_study):
     import socket
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -169,7 +169,7 @@ def test_compare_the_regimes_in_the_mlflow_ui(finished_study, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
     tuned = trials[(trials.phase == "confirm") & (trials.condition == "tuned") & (trials.prune_round == 2)]
     server = UiProcess(str(study_dir))
@@ -265,7 +265,7 @@ def test_compare_the_regimes_in_the_mlflow_ui(finished_study, browser):
 def test_optuna_dashboard_on_the_study(finished_study, browser):
     import json
     from selenium.webdriver.support.ui import WebDriverWait
-    study_dir, _ = finished_study
+    study_dir = finished_study.dir
     server = UiProcess(str(study_dir), "--optuna")
     try:
         url = server.wait_for(r"optuna-dashboard for study 'tiny': (http://127\.0\.0\.1:\d+/)").group(1)
