@@ -69,11 +69,7 @@ class FinishedStudy(NamedTuple):
     err: str   # ... and on stderr
 
 
-@pytest.fixture(scope="session")
-def finished_study(tmp_path_factory, data_dir) -> FinishedStudy:
-    """One tiny study, search and confirmation, run once for every test that reads a finished study.
-    Ray's token authentication is left as a user has it (on: the token goes to the test's HOME)."""
-    tmp = tmp_path_factory.mktemp("e2e")
+def _run_tiny_study(tmp: Path, data_dir: str) -> dict[str, object]:
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     (Path(ray_tmp) / "ray").mkdir()
     (tmp / "home").mkdir()
@@ -87,15 +83,29 @@ def finished_study(tmp_path_factory, data_dir) -> FinishedStudy:
     r = run_cli(args, env)
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
     shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert not left, f"Ray processes left behind: {left}"
-    return FinishedStudy(tmp / "studies" / "tiny", r.stdout, r.stderr)
+    return {"rc": r.returncode, "out": r.stdout, "err": r.stderr, "left": left}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (``-n``), the tests that read the shared tiny study run on one worker, so
-    that it is made once per test run (``--dist loadgroup``)."""
-    for item in items:
-        if "finished_study" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("finished_study"))
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory, data_dir) -> FinishedStudy:
+    """One tiny study, search and confirmation, run once per test run for every test that reads a
+    finished study: under pytest-xdist the first worker that needs it makes it in the run's shared
+    temporary folder, under a file lock, and the others read what it left (the pattern of
+    pytest-xdist's docs; its ``loadgroup`` cannot keep them on one worker under pytest 9).
+    Ray's token authentication is left as a user has it (on: the token goes to the test's HOME)."""
+    import fcntl
+    import json
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this run
+    tmp = base / "finished-study"
+    with open(base / "finished-study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = tmp / "result.json"
+        if not result.exists():
+            tmp.mkdir()
+            result.write_text(json.dumps(_run_tiny_study(tmp, data_dir)))
+    r = json.loads(result.read_text())
+    assert r["rc"] == 0, r["out"][-3000:] + r["err"][-3000:]
+    assert not r["left"], f"Ray processes left behind: {r['left']}"
+    return FinishedStudy(tmp / "studies" / "tiny", r["out"], r["err"])
