@@ -6,6 +6,7 @@ and no study folder created.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -23,6 +24,8 @@ from trainables.regimes import DEFAULT_REGIMES, REGIMES
 from trainables.structured import PRESETS
 from trainables.training import SCHEDULES
 from search_spaces.lottery import LrSpace
+from study import preflight
+from study.preflight import BadFlag
 
 PROG = "python -m study.lottery"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -44,14 +47,20 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class BadFlag(Exception):
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"{flag} {message}")
-
-
 def _check(ok: bool, flag: str, message: str) -> None:
     if not ok:
         raise BadFlag(flag, message)
+
+
+def _number(text: str) -> float:
+    """A float flag's value: a finite number (float() alone lets inf and nan through)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number (got {text!r})") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+    return value
 
 
 def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
@@ -86,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-samples", type=int, default=64, help="trials per regime")
     s.add_argument("--regimes", type=_csv(str), default=",".join(DEFAULT_REGIMES),
                    help=f"comma-separated regimes, from: {', '.join(REGIMES)}")
-    s.add_argument("--lr-min", type=float, default=1e-3, help="lower end of the log-uniform LR range")
-    s.add_argument("--lr-max", type=float, default=1.0, help="upper end of the log-uniform LR range")
+    s.add_argument("--lr-min", type=_number, default=1e-3, help="lower end of the log-uniform LR range")
+    s.add_argument("--lr-max", type=_number, default=1.0, help="upper end of the log-uniform LR range")
     s.add_argument("--lr-grid", type=int, default=8, metavar="N",
                    help="snap LRs to N points per decade so that trials share pretraining and IMP "
                         "artifacts; 0 samples continuously")
@@ -102,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", default="mnist1d", help=f"one of: {', '.join(DATASETS)}")
     d.add_argument("--data-dir", default=None, help="data cache folder (default: $XDG_CACHE_HOME/prune-platform/data, else ~/.cache/prune-platform/data)")
     d.add_argument("--data-seed", type=int, default=42, help="seed of the generated data set")
-    d.add_argument("--val-fraction", type=float, default=0.2, help="share of the training set held out for validation")
+    d.add_argument("--val-fraction", type=_number, default=0.2, help="share of the training set held out for validation")
     d.add_argument("--train-subset", type=int, default=0, metavar="N",
                    help="train on N examples of the training split only, for quick runs on big data sets (0: all)")
     d.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)}")
@@ -111,17 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training (pretraining, IMP rounds and retraining alike)")
     t.add_argument("--epochs", type=int, default=20, help="epochs of every training run")
     t.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    t.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay (L2)")
+    t.add_argument("--momentum", type=_number, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=_number, default=1e-4, help="SGD weight decay (L2)")
     t.add_argument("--schedule", default="cosine", help=f"LR schedule, one of: {', '.join(SCHEDULES)} "
                    "(step: /10 at 50%% and 75%% of training)")
     t.add_argument("--warmup-epochs", type=int, default=0, help="linear LR warmup epochs")
     t.add_argument("--lr-coupling", default="all",
                    help="all: the trial LR drives pretraining, IMP and retraining (as in the paper); "
                         "retrain: pretraining and IMP use --pretrain-lr")
-    t.add_argument("--pretrain-lr", type=float, default=0.1, help="LR of pretraining and IMP with --lr-coupling retrain")
+    t.add_argument("--pretrain-lr", type=_number, default=0.1, help="LR of pretraining and IMP with --lr-coupling retrain")
     r = p.add_argument_group("pruning")
-    r.add_argument("--sparsity", type=float, default=0.8, help="target fraction of prunable weights removed, in (0, 1)")
+    r.add_argument("--sparsity", type=_number, default=0.8, help="target fraction of prunable weights removed, in (0, 1)")
     r.add_argument("--rounds", type=int, default=5,
                    help="IMP rounds, each removing the same fraction of the surviving weights; 1 = one-shot")
     r.add_argument("--prune-scope", default="global", help=f"one of: {', '.join(SCOPES)}")
@@ -133,18 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "l1-filter: remove each conv's filters of smallest L1 norm (Li et al.); slimming: "
                         "L1 penalty on BatchNorm scales in pretraining, then remove the channels under one "
                         "global threshold (Liu et al.); structured methods remove channels physically)")
-    r.add_argument("--prune-ratio", type=float, default=0.5,
+    r.add_argument("--prune-ratio", type=_number, default=0.5,
                    help="structured methods: fraction of each prunable layer's channels removed (slimming: of all channels)")
     r.add_argument("--preset", default=None,
                    help=f"l1-filter: the paper's per-layer ratios instead of --prune-ratio, one of: {', '.join(PRESETS)}")
     r.add_argument("--layer-ratios", type=_layer_ratios, default=None,
                    help="l1-filter: per-layer ratios overriding --prune-ratio, e.g. features.0=0.3,features.2=0.6 "
                         "(a layer at 0 keeps all its channels)")
-    r.add_argument("--slimming-penalty", type=float, default=1e-4, help="slimming: L1 strength on BatchNorm scales")
+    r.add_argument("--slimming-penalty", type=_number, default=1e-4, help="slimming: L1 strength on BatchNorm scales")
     r.add_argument("--fine-tune-epochs", type=int, default=None, help="fine_tune's epochs F (default: --epochs)")
-    r.add_argument("--fine-tune-lr-min", type=float, default=1e-4, help="fine_tune's own LR range: lower end")
-    r.add_argument("--fine-tune-lr-max", type=float, default=1e-1, help="fine_tune's own LR range: upper end")
-    r.add_argument("--scratch-b-cap", type=float, default=2.0,
+    r.add_argument("--fine-tune-lr-min", type=_number, default=1e-4, help="fine_tune's own LR range: lower end")
+    r.add_argument("--fine-tune-lr-max", type=_number, default=1e-1, help="fine_tune's own LR range: upper end")
+    r.add_argument("--scratch-b-cap", type=_number, default=2.0,
                    help="scratch_b trains E * FLOPs(dense)/FLOPs(pruned) epochs, at most this many times E")
     p.set_defaults(study_kind="lottery")
     x = p.add_argument_group("execution and storage")
@@ -153,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a local runtime)")
     x.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all of this machine's)")
-    x.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs a trial reserves (also its torch threads)")
-    x.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
+    x.add_argument("--cpus-per-trial", type=_number, default=1.0, help="CPUs a trial reserves (also its torch threads)")
+    x.add_argument("--gpus-per-trial", type=_number, default=0.0, help="fractions allowed, e.g. 0.25")
     x.add_argument("--max-concurrent", type=int, default=0,
                    help="trials at once per regime (0: as many as the cluster's CPUs and GPUs allow when the "
                         "study starts; on an autoscaling cluster give a number: pending trials make it grow)")
@@ -177,10 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_confirm_flags(g) -> None:
     """Flags shared by ``study.lottery`` and ``study.confirm``."""
     g.add_argument("--confirm-seeds", type=int, default=5, help="fresh seeds per regime and condition")
-    g.add_argument("--fixed-small-lr", type=float, default=0.01,
+    g.add_argument("--fixed-small-lr", type=_number, default=0.01,
                    help="the paper's contrast: every regime also at this small fixed LR")
-    g.add_argument("--fixed-large-lr", type=float, default=0.3, help="... and at this large fixed LR")
-    g.add_argument("--equivalence-margin", type=float, default=1.0,
+    g.add_argument("--fixed-large-lr", type=_number, default=0.3, help="... and at this large fixed LR")
+    g.add_argument("--equivalence-margin", type=_number, default=1.0,
                    help="equivalence margin of a regime's advantage (e.g. the winning ticket's), in accuracy points")
     g.add_argument("--no-sweep", action="store_true",
                    help="skip the sparsity sweep (both regimes at every IMP round's mask, at the tuned LR)")
@@ -256,6 +265,7 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     _check(a.model in MODELS, "--model", f"must be one of {', '.join(MODELS)} (got {a.model!r})")
     _check(a.widths is None or (len(a.widths) >= 1 and all(w >= 1 for w in a.widths)), "--widths",
            "must be comma-separated positive integers")
+    preflight.check_model_fits_data(a.model, a.widths, a.dataset)
     _check(a.epochs >= 1, "--epochs", f"must be >= 1 (got {a.epochs})")
     _check(a.batch_size >= 1, "--batch-size", f"must be >= 1 (got {a.batch_size})")
     _check(0 <= a.momentum < 1, "--momentum", f"must be in [0, 1) (got {a.momentum:g})")
@@ -294,8 +304,6 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     _check(a.max_failures >= 0, "--max-failures", f"must be >= 0 (got {a.max_failures})")
     _check(a.checkpoint_every >= 1, "--checkpoint-every", f"must be >= 1 (got {a.checkpoint_every})")
     _check(a.num_cpus is None or a.num_cpus >= 1, "--num-cpus", f"must be >= 1 (got {a.num_cpus})")
-    _check(a.num_cpus is None or a.cpus_per_trial <= a.num_cpus, "--cpus-per-trial",
-           f"must not exceed --num-cpus ({a.cpus_per_trial:g} > {a.num_cpus})")
     _check(a.name is None or bool(NAME_RE.match(a.name)), "--name",
            "must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")
     root = Path(a.root)
@@ -334,11 +342,26 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> StudyOptions:
     if a.resume:
         _check((opts.study_dir / "study.json").exists(), "--resume",
                f"needs an existing study folder with study.json; {opts.study_dir} has none (check --name and --root)")
-        return resumed_options(opts.study_dir, a, argv)
+        opts = resumed_options(opts.study_dir, a, argv)
+        _check_surroundings(opts.args)
+        return opts
     _check(not opts.study_dir.exists(), "--name",
            f"names an existing study folder ({opts.study_dir}); choose another --name or --root, or --resume it")
+    _check_surroundings(a)
     _check_data(a)
     return opts
+
+
+def _check_surroundings(a: argparse.Namespace) -> None:
+    """What the study will run on and write to can serve it (see ``study.preflight``)."""
+    if a.address:
+        preflight.check_cluster(a.address)
+    else:
+        preflight.check_local_resources(a.num_cpus, a.cpus_per_trial, a.gpus_per_trial)
+    if a.mlflow_uri:
+        preflight.check_tracking_server(a.mlflow_uri)
+    if a.storage:
+        preflight.check_storage(a.storage)
 
 
 def _check_data(a: argparse.Namespace) -> None:

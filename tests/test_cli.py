@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import pyarrow.parquet as pq
 import pytest
 
 from study.lottery import main
+from study.ui import free_port
 from tests.conftest import K, N, N_CONFIRM, REGIMES, assert_refused, run_cli
+
+def _gpus() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
 
 BAD = [
     (["--num-samples", "0"], "--num-samples"),
@@ -29,6 +36,21 @@ BAD = [
     (["--regimes", "late_rewind", "--rewind-epoch", "20"], "--rewind-epoch"),
     (["--name", "../escape"], "--name"),
     (["--num-samples", "many"], "--num-samples"),
+    # non-finite numbers
+    (["--lr-max", "inf"], "--lr-max"),
+    (["--momentum", "nan"], "--momentum"),
+    # a model that cannot take the data set's inputs (image models on the 1-D default)
+    (["--model", "resnet56"], "--model"),
+    (["--model", "vgg16"], "--model"),
+    # resources the local runtime cannot give: the trials would wait for them forever
+    (["--cpus-per-trial", "3", "--num-cpus", "2"], "--cpus-per-trial"),
+    (["--cpus-per-trial", str(1000 * (os.cpu_count() or 1))], "--cpus-per-trial"),
+    (["--gpus-per-trial", str(_gpus() + 1)], "--gpus-per-trial"),
+    # a cluster, tracking server or storage that does not answer
+    (["--address", f"127.0.0.1:{free_port()}"], "--address"),
+    (["--address", f"ray://127.0.0.1:{free_port()}"], "--address"),
+    (["--mlflow-uri", f"http://127.0.0.1:{free_port()}"], "--mlflow-uri"),
+    (["--storage", "s3://prune-platform-no-such-bucket/studies"], "--storage"),
 ]
 
 
