@@ -2,7 +2,7 @@
 
 Each figure is written as ``<name>.png`` and ``<name>.svg`` into a folder; every function returns
 the paths it wrote, ``[]`` when the data it needs is absent (it then logs why).  ``build`` draws all
-four and also says which were skipped and why; ``make_all`` is its path-only form.
+four and also says which were skipped and why.
 """
 from __future__ import annotations
 
@@ -259,9 +259,3 @@ def build(trials: pd.DataFrame, epochs: pd.DataFrame, out_dir, summary: pd.DataF
     paths += learning_curves(trials, epochs, out_dir, skipped)
     paths += sparsity(trials, out_dir, skipped, study_kind)
     return paths, skipped
-
-
-def make_all(study_dir, out_dir) -> list[Path]:
-    res = Path(study_dir) / "results"
-    trials, epochs = pd.read_parquet(res / "trials.parquet"), pd.read_parquet(res / "epochs.parquet")
-    return build(trials, epochs, out_dir, study_kind=design.study_kind(study_dir))[0]

@@ -28,10 +28,6 @@ class LrSpace:
         n = self.per_decade
         return math.ceil(math.log10(self.lr_min) * n - 1e-9), math.floor(math.log10(self.lr_max) * n + 1e-9)
 
-    def grid_values(self) -> list[float]:
-        g = self.grid()
-        return [] if g is None else [10 ** (k / self.per_decade) for k in range(g[0], g[1] + 1)]
-
     def check(self) -> None:
         if not (0 < self.lr_min < self.lr_max):
             raise ValueError("need 0 < lr_min < lr_max")

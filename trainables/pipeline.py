@@ -262,9 +262,5 @@ class ImpResult:
     trained: list[Artifact]  # trained[r-1]: the trained weights mask r was chosen from
 
     @property
-    def diverged(self) -> bool:
-        return bool(self.phases[-1].history and self.phases[-1].history[-1]["diverged"])
-
-    @property
     def final_mask(self) -> Artifact | None:
         return self.masks[-1] if self.masks else None

@@ -213,7 +213,3 @@ REGIMES: dict[str, Regime] = {r.name: r for r in [
 ]}
 
 DEFAULT_REGIMES = ("winning_ticket", "random_reinit")
-
-
-def describe() -> dict[str, Any]:
-    return {name: r.description for name, r in REGIMES.items()}

@@ -36,9 +36,6 @@ class Storage:
             return str(Path(self.root, *parts))
         return posixpath.join(self.root.rstrip("/"), *parts)
 
-    def child(self, *parts: str) -> "Storage":
-        return Storage(self.join(*parts))
-
     def _fs(self, location: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(location)
 
