@@ -7,7 +7,6 @@ four and also says which were skipped and why.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from analysis import design  # noqa: E402
 from analysis.stats import confirm_rows, mean_interval  # noqa: E402
+from trainables.storage import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = out_dir / f"{name}.{ext}"
-        tmp = out_dir / f".{name}.tmp{os.getpid()}.{ext}"
-        fig.savefig(tmp, format=ext, dpi=DPI, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=DPI, bbox_inches="tight",
+                        metadata={"Date": None} if ext == "svg" else None)
         paths.append(path)
     plt.close(fig)
     return paths

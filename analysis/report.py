@@ -12,7 +12,6 @@ import argparse
 import base64
 import html
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 from analysis import design, figures
 from analysis.stats import DEFAULT_MARGIN_POINTS, compare_contrasts, confirm_rows, summarize
 from analysis.summary import best_per_regime, efficiency, si, times
+from trainables.storage import atomic_path
 
 A, B = design.DEFAULT_CONTRASTS[design.LOTTERY][0]  # the lottery pair, the default contrast
 TITLES = {design.LOTTERY: "Lottery-ticket study report", design.RETHINKING: "Rethinking-pruning study report"}
@@ -132,9 +132,8 @@ def _html(blocks, title: str, fig_dir: Path, kind: str = design.LOTTERY) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 # the report ---------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainables.storage import atomic_path
+
 TRIALS_SCHEMA = pa.schema([
     ("study", pa.string()), ("phase", pa.string()), ("condition", pa.string()), ("regime", pa.string()),
     ("trial_id", pa.string()), ("status", pa.string()), ("lr", pa.float64()), ("log10_lr", pa.float64()), ("seed", pa.int64()),
@@ -119,10 +121,8 @@ def epoch_rows(r: dict[str, Any]) -> Iterable[dict[str, Any]]:
 
 
 def _write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_tables(study_dir: str | os.PathLike[str],

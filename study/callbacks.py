@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from analysis.tables import load_records, write_tables
 from study.options import optuna_study_name
 from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
-from trainables.storage import Storage
+from trainables.storage import Storage, atomic_path
 from trainables.trainable import TRIAL_RECORDS, trial_spec
 
 
@@ -171,11 +170,8 @@ class StudyCallback(tune.Callback):
             self.tracker.finish_child(record["mlflow_run_id"], record)
         else:
             self.tracker.fail_child(record["mlflow_run_id"], record.get("error", ""))
-        path = self._record_path(trial)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp-driver")
-        tmp.write_text(json.dumps(record, default=float))
-        os.replace(tmp, path)
+        with atomic_path(self._record_path(trial)) as tmp:
+            tmp.write_text(json.dumps(record, default=float))
         self.records[record["trial_id"]] = record
         write_tables(self.study_dir, list(self.records.values()))
         self.progress.finish(record)

@@ -43,6 +43,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from trainables.storage import atomic_path
+
 
 class DataUnavailable(RuntimeError):
     """A data set's files are missing and could not be downloaded (one-line message: what to do)."""
@@ -73,16 +75,8 @@ class Splits:
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load_npz(path: Path, keys: tuple[str, ...] = ("x", "y", "x_test", "y_test")) -> dict[str, np.ndarray]:
@@ -176,16 +170,8 @@ def _unavailable(data_dir: Path, src: _ImageSource, why: str) -> DataUnavailable
 
 
 def _gunzip_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
-    try:
-        with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dst) as tmp, gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def _from_apt_package(data_dir: Path, src: _ImageSource) -> bool:

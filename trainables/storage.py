@@ -11,10 +11,29 @@ import os
 import posixpath
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; when the block ends without an error it replaces
+    ``path`` in one rename (readers see the old file or the new one, never half of one), otherwise it
+    is removed.  Its name ends with ``path``'s, so writers that go by the suffix (savefig, np.savez)
+    write the same format.  The one atomic write of every local file the project writes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def is_uri(location: str) -> bool:
@@ -58,11 +77,8 @@ class Storage:
     def write_bytes(self, location: str, data: bytes) -> None:
         """Write ``location`` so that readers see all of it or nothing."""
         if self.local:
-            path = Path(location)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            with atomic_path(location) as tmp:
+                tmp.write_bytes(data)
             return
         fs, p = self._fs(location)
         fs.create_dir(posixpath.dirname(p), recursive=True)
