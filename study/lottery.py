@@ -25,6 +25,21 @@ def trial_params(opts: StudyOptions) -> dict[str, object]:
     return {k: ("" if v is None else v) for k, v in d.items()}
 
 
+def code_revision() -> dict[str, object] | None:
+    """The git commit of the code that runs the study, and whether the work tree differs from it;
+    None outside a git checkout (an installed wheel, the Docker image)."""
+    import subprocess
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def write_study_json(opts: StudyOptions, study_hash: str) -> None:
     import ray
     import torch
@@ -34,6 +49,7 @@ def write_study_json(opts: StudyOptions, study_hash: str) -> None:
             "command": [sys.executable, "-m", f"study.{kind}", *sys.argv[1:]],
             "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts.args).items()},
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+            "code": code_revision(),
             "created_at": time.time()}
     (opts.study_dir / "study.json").write_text(json.dumps(info, indent=1, default=str))
 

@@ -99,6 +99,19 @@ def test_first_screen_has_only_the_studys_own_lines(finished_study):
     assert (home / ".ray" / "auth_token").is_file()  # authentication stayed on
 
 
+def test_study_json_names_the_code(finished_study):
+    import json
+    import subprocess
+
+    from tests.conftest import ROOT
+    code = json.loads((finished_study.dir / "study.json").read_text())["code"]
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert code["commit"] == head.strip() and isinstance(code["dirty"], bool)
+    else:  # an installed copy without its history (the Docker image)
+        assert code is None
+
+
 def test_confirmation_rows(finished_study):
     study_dir = finished_study.dir
     trials = pq.read_table(study_dir / "results" / "trials.parquet").to_pandas()
