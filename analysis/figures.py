@@ -102,9 +102,9 @@ def _fmt_lr(lr: float) -> str:
 # 1. the LR search ---------------------------------------------------------------------------------
 def lr_curve(trials: pd.DataFrame, out_dir, skipped: dict[str, str] | None = None) -> list[Path]:
     s = search_rows(trials)
-    s = s[s["lr"].notna() & (s["lr"] > 0)]
+    s = s[s["lr"].notna() & (s["lr"] > 0) & s["val_acc"].notna()]  # failed trials have no point to draw
     if not len(s):
-        return _skip("lr_curve", "no search trials", skipped)
+        return _skip("lr_curve", "no search trials with results", skipped)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for regime in regimes_in(s):
         g, c = s[s["regime"] == regime], color(regime)

@@ -23,6 +23,41 @@ from trainables.storage import Storage, atomic_path
 from trainables.trainable import TRIAL_RECORDS, trial_spec
 
 
+class DeterministicFailure(Exception):
+    """The first trials of a group failed with one and the same error: the rest would too."""
+
+
+# trials of a group (a regime's search, or its confirmation) that must fail with the same error, with
+# none completed, before the study stops: a lost node's error names its actor, so it never repeats
+FAILURES_TO_STOP = 2
+
+
+def error_line(trial) -> str:
+    """The last line of a failed trial's latest error: Tune appends each failure to error.txt, in the
+    driver's staging folder first (``error_file``), synced to the trial's storage folder later."""
+    for where in (getattr(trial, "error_file", None), getattr(trial, "path", None) and Path(trial.path, "error.txt")):
+        try:
+            lines = [ln.strip() for ln in Path(where).read_text().splitlines() if ln.strip()] if where else []
+        except OSError:
+            continue
+        if lines:
+            return lines[-1]
+    return "trial failed"
+
+
+class StopOnDeterministicFailure(tune.Stopper):
+    """Stops the experiment once its callback has seen a deterministic failure."""
+
+    def __init__(self, callback: "StudyCallback"):
+        self.callback = callback
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.callback.failure is not None
+
+
 def label(config: dict[str, Any]) -> str:
     """Progress group of a trial: its regime in the search, ``<regime>/confirm`` in the confirmation."""
     return config["regime"] if config.get("phase", "search") == "search" else f"{config['regime']}/confirm"
@@ -88,6 +123,8 @@ class StudyCallback(tune.Callback):
         self.study, self.study_dir, self.study_hash = study, Path(study_dir), study_hash
         self.tracker, self.progress, self.trial_params = tracker, progress, trial_params
         self.shared = shared or Storage(str(self.study_dir))  # where trials write their records
+        self.failures: dict[str, dict[str, tuple]] = {}  # group -> trial id -> (trial, its latest error line)
+        self.failure: str | None = None  # why the study must stop, once the same error repeats
         self._load()
 
     def _load(self) -> None:
@@ -97,12 +134,13 @@ class StudyCallback(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         """Ray Tune pickles callbacks into its experiment; a restored one reloads what is on disk."""
         state = self.__dict__.copy()
-        state.pop("runs", None)
-        state.pop("records", None)
+        for key in ("runs", "records", "failures"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.failures = {}
         self._load()
 
     def _run_id(self, trial) -> str:
@@ -182,12 +220,15 @@ class StudyCallback(tune.Callback):
             return  # finished before an interruption, then re-run from a checkpoint: counted once
         written = self.shared.join(TRIAL_RECORDS, f"{trial.trial_id}.json")  # by the trial, on any node
         if not self.shared.exists(written):  # ended without a record: count it as an error, never silently
-            return self._error(trial, "trial ended without writing its record")
+            return self._error(trial, "stopped with the study" if self.failure else
+                               "trial ended without writing its record")
         record = json.loads(self.shared.read_text(written))
         record["status"] = "completed"
         self._finalise(trial, record)
 
     def _error(self, trial, message: str) -> None:
+        if self.records.get(trial.trial_id, {}).get("status") == "error":
+            return  # recorded when the study stopped
         c = trial_spec(trial.config)
         record = {"study": self.study, "trial_id": trial.trial_id, "regime": c["regime"],
                   "phase": c.get("phase", "search"), "condition": c.get("condition"),
@@ -195,12 +236,22 @@ class StudyCallback(tune.Callback):
                   "error": message, "diverged": False, "finished_at": time.time()}
         self._finalise(trial, record)
 
+    def _note_failure(self, trial) -> str:
+        """Remember the trial's error; when the first FAILURES_TO_STOP trials of its group failed
+        with the same one and none completed, the study stops (retrying the rest is pointless)."""
+        group, line = label(trial_spec(trial.config)), error_line(trial)
+        seen = self.failures.setdefault(group, {})
+        seen[trial.trial_id] = (trial, line)
+        completed = any(label(r) == group and r.get("status") == "completed" for r in self.records.values())
+        if (self.failure is None and not completed and len(seen) >= FAILURES_TO_STOP
+                and len({why for _, why in seen.values()}) == 1):
+            self.failure = f"{group}: its first {len(seen)} trials failed with the same error: {line}"
+            for failed, why in seen.values():  # Tune stops them without another event: record them now
+                self._error(failed, why)
+        return line
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._note_failure(trial)  # a failure Tune retries from the last checkpoint
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        err = getattr(trial, "error_file", None) or ""
-        text = ""
-        try:
-            text = Path(trial.path, "error.txt").read_text() if getattr(trial, "path", None) else ""
-        except OSError:
-            pass
-        lines = [ln for ln in (text or str(err)).strip().splitlines() if ln.strip()]
-        self._error(trial, lines[-1] if lines else "trial failed")
+        self._error(trial, self._note_failure(trial))

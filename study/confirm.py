@@ -62,7 +62,7 @@ def run_confirmation(opts: StudyOptions, ctx, tracker, study_hash: str, trial_pa
     from ray import tune
 
     from analysis.summary import read_tables
-    from study.callbacks import Progress, StudyCallback, label
+    from study.callbacks import DeterministicFailure, Progress, StudyCallback, label
     from study.tuning import run_experiment
 
     a = opts.args
@@ -80,6 +80,8 @@ def run_confirmation(opts: StudyOptions, ctx, tracker, study_hash: str, trial_pa
     if cb.finished_count(phase="confirm") < len(specs):
         run_experiment(opts, "confirm", ctx, cb, concurrency,
                        {"trial_dirname_creator": confirm_dirname}, {"spec": tune.grid_search(specs)}, resume)
+    if cb.failure:
+        raise DeterministicFailure(cb.failure)
     return cb.finished_count(phase="confirm") >= len(specs)
 
 

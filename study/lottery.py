@@ -139,7 +139,7 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
     from analysis.report import build_report
     from analysis.summary import best_per_regime, format_summary, read_tables
     from analysis.tables import write_tables
-    from study.callbacks import Progress, StudyCallback
+    from study.callbacks import DeterministicFailure, Progress, StudyCallback
     from study.confirm import run_confirmation
     from study.runtime import start_ray
     from study.tracking import MlflowTracker
@@ -158,7 +158,7 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
     ctx = TrialContext(a.name, str(study_dir), opts.pipeline, a.cpus_per_trial, a.gpus_per_trial,
                        a.checkpoint_every, opts.shared_root)
     shared = ctx.shared
-    status = "FAILED"
+    status, failure = "FAILED", None
     if resume:
         caught = StudyCallback(a.name, study_dir, study_hash, tracker, Progress({}), trial_params(opts),
                                shared).catch_up()
@@ -176,6 +176,8 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
                     print(f"--- {regime}: {a.num_samples} trials" + (f" ({done} done before)" if done else ""),
                           flush=True)
                     run_regime(opts, regime, ctx, cb, concurrency, resume)
+                    if cb.failure:
+                        raise DeterministicFailure(cb.failure)
                     if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C
                         raise KeyboardInterrupt
                 # also when every trial was done before: the last may have finished while the driver
@@ -185,6 +187,8 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
             if not run_confirmation(opts, ctx, tracker, study_hash, trial_params(opts), concurrency, resume=resume):
                 raise KeyboardInterrupt
         status = "FINISHED"
+    except DeterministicFailure as e:
+        failure = str(e)
     except KeyboardInterrupt:
         status = "KILLED"
         print(f"interrupted: the tables hold the trials finished so far; continue with\n"
@@ -211,6 +215,9 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
           + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
              f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"
              if not opts.args.mlflow_uri else f"\nMLflow: {uri} (experiment {opts.args.name})"))
+    if failure:
+        print(f"error: the study stopped: {failure}", file=sys.stderr)
+        return 1
     return 0 if status == "FINISHED" else 130
 
 

@@ -19,6 +19,7 @@ def run_experiment(opts: StudyOptions, name: str, ctx, callback, concurrency: in
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from study.callbacks import StopOnDeterministicFailure
     from trainables.trainable import lottery_trainable
 
     a = opts.args
@@ -33,6 +34,7 @@ def run_experiment(opts: StudyOptions, name: str, ctx, callback, concurrency: in
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
             run_config=tune.RunConfig(name=name, storage_path=Storage(opts.shared_root).join("ray"),
                                       callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
+                                      stop=StopOnDeterministicFailure(callback),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       failure_config=tune.FailureConfig(max_failures=a.max_failures),
                                       verbose=0))

@@ -231,6 +231,37 @@ def test_a_diverging_study_goes_on(tmp_path, ray_env, data_dir):
     assert not any(math.isnan(v) for v in trials["val_acc"])
 
 
+INJECT_FAILURE = """
+import sys
+if any(arg.endswith("default_worker.py") for arg in sys.argv):  # in Ray's trial workers only
+    import trainables.training
+
+    def fails(self, *args, **kwargs):
+        raise ValueError("injected: this network cannot be trained")
+    trainables.training.Trainer.__init__ = fails
+"""
+
+
+def test_a_deterministic_failure_stops_the_study(tmp_path, ray_env, data_dir):
+    """Every trial fails with the same error (injected into Ray's workers by a sitecustomize module):
+    the study stops after the first two, with that error in one line, instead of retrying each of its
+    ten trials; the tables and MLflow hold what happened."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(INJECT_FAILURE)
+    env = {**ray_env, "PYTHONPATH": f"{inject}:{ray_env['PYTHONPATH']}"}
+    r = run_cli(["--num-samples", "10", "--regimes", "winning_ticket", "--epochs", "1", "--rounds", "1",
+                 "--root", str(tmp_path / "s"), "--name", "broken", "--data-dir", data_dir, "--num-cpus", "2",
+                 "--max-failures", "1"], env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    said = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert said == ["error: the study stopped: winning_ticket: its first 2 trials failed with the same error: "
+                    "ValueError: injected: this network cannot be trained"], r.stderr[-3000:]
+    trials = pq.read_table(tmp_path / "s" / "broken" / "results" / "trials.parquet").to_pandas()
+    assert 2 <= len(trials) < 10 and set(trials["status"]) == {"error"}, trials[["trial_id", "error"]]
+    assert (trials["error"] == "ValueError: injected: this network cannot be trained").sum() >= 2
+
+
 def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir, capsys):
     import subprocess
     import sys
