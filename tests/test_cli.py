@@ -47,16 +47,17 @@ BAD = [
     (["--cpus-per-trial", str(1000 * (os.cpu_count() or 1))], "--cpus-per-trial"),
     (["--gpus-per-trial", str(_gpus() + 1)], "--gpus-per-trial"),
     # a cluster, tracking server or storage that does not answer
-    (["--address", f"127.0.0.1:{free_port()}"], "--address"),
-    (["--address", f"ray://127.0.0.1:{free_port()}"], "--address"),
-    (["--mlflow-uri", f"http://127.0.0.1:{free_port()}"], "--mlflow-uri"),
+    # ({port}: a free port, nothing listening; chosen when the test runs)
+    (["--address", "127.0.0.1:{port}"], "--address"),
+    (["--address", "ray://127.0.0.1:{port}"], "--address"),
+    (["--mlflow-uri", "http://127.0.0.1:{port}"], "--mlflow-uri"),
     (["--storage", "s3://prune-platform-no-such-bucket/studies"], "--storage"),
 ]
 
 
 @pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_flag_fails_with_one_line_and_writes_nothing(argv, flag, tmp_path, capsys):
-    assert_refused(main, argv, flag, tmp_path, capsys)
+    assert_refused(main, [a.format(port=free_port()) for a in argv], flag, tmp_path, capsys)
 
 
 def test_existing_study_folder_is_refused(tmp_path, capsys):
