@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -123,6 +124,42 @@ def epoch_rows(r: dict[str, Any]) -> Iterable[dict[str, Any]]:
 def _write(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+class TableWriter:
+    """The tables of a study that grows one trial at a time, at a cost per trial that does not grow
+    with the study: each record becomes its rows once (Arrow record batches, keyed by trial id, so a
+    re-finalised trial replaces its rows), and both files are rewritten from the batches at most every
+    ``every_s`` seconds and on ``flush``.  ``write_tables`` rebuilds them from the records on disk,
+    as the driver does when it stops; between two writes the records in ``records/`` are ahead."""
+
+    def __init__(self, study_dir: str | os.PathLike[str], records: Iterable[dict[str, Any]] = (),
+                 every_s: float = 10.0):
+        self.out, self.every_s = Path(study_dir) / "results", every_s
+        self.trials: dict[str, pa.RecordBatch] = {}
+        self.epochs: dict[str, pa.RecordBatch] = {}
+        for r in records:
+            self._convert(r)
+        self.dirty, self.written_at = False, time.monotonic()
+
+    def _convert(self, record: dict[str, Any]) -> None:
+        tid = record["trial_id"]
+        self.trials[tid] = pa.RecordBatch.from_pylist([trial_row(record)], schema=TRIALS_SCHEMA)
+        self.epochs[tid] = pa.RecordBatch.from_pylist(list(epoch_rows(record)), schema=EPOCHS_SCHEMA)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._convert(record)
+        self.dirty = True
+        if time.monotonic() - self.written_at >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        for batches, schema, name in ((self.trials, TRIALS_SCHEMA, "trials"), (self.epochs, EPOCHS_SCHEMA, "epochs")):
+            _write(pa.Table.from_batches(list(batches.values()), schema=schema).combine_chunks(),
+                   self.out / f"{name}.parquet")
+        self.dirty, self.written_at = False, time.monotonic()
 
 
 def write_tables(study_dir: str | os.PathLike[str],

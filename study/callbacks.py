@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from ray import tune
 
-from analysis.tables import load_records, write_tables
+from analysis.tables import TableWriter, load_records
 from study.options import optuna_study_name
 from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
@@ -130,11 +130,12 @@ class StudyCallback(tune.Callback):
     def _load(self) -> None:
         self.runs: dict[str, str] = {}
         self.records = {r["trial_id"]: r for r in load_records(self.study_dir)}  # every regime's so far
+        self.tables = TableWriter(self.study_dir, self.records.values())
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray Tune pickles callbacks into its experiment; a restored one reloads what is on disk."""
         state = self.__dict__.copy()
-        for key in ("runs", "records", "failures"):
+        for key in ("runs", "records", "failures", "tables"):
             state.pop(key, None)
         return state
 
@@ -211,7 +212,7 @@ class StudyCallback(tune.Callback):
         with atomic_path(self._record_path(trial)) as tmp:
             tmp.write_text(json.dumps(record, default=float))
         self.records[record["trial_id"]] = record
-        write_tables(self.study_dir, list(self.records.values()))
+        self.tables.add(record)
         self.progress.finish(record)
         return record
 

@@ -62,10 +62,12 @@ def run_confirmation(opts: StudyOptions, ctx, tracker, study_hash: str, trial_pa
     from ray import tune
 
     from analysis.summary import read_tables
+    from analysis.tables import write_tables
     from study.callbacks import DeterministicFailure, Progress, StudyCallback, label
     from study.tuning import run_experiment
 
     a = opts.args
+    write_tables(opts.study_dir)  # from every record on disk: the best LRs come from all search trials
     trials, _ = read_tables(opts.study_dir)
     best = best_lrs(trials)
     specs = confirm_specs(opts, best)
@@ -80,6 +82,7 @@ def run_confirmation(opts: StudyOptions, ctx, tracker, study_hash: str, trial_pa
     if cb.finished_count(phase="confirm") < len(specs):
         run_experiment(opts, "confirm", ctx, cb, concurrency,
                        {"trial_dirname_creator": confirm_dirname}, {"spec": tune.grid_search(specs)}, resume)
+    cb.tables.flush()
     if cb.failure:
         raise DeterministicFailure(cb.failure)
     return cb.finished_count(phase="confirm") >= len(specs)

@@ -176,6 +176,7 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
                     print(f"--- {regime}: {a.num_samples} trials" + (f" ({done} done before)" if done else ""),
                           flush=True)
                     run_regime(opts, regime, ctx, cb, concurrency, resume)
+                    cb.tables.flush()
                     if cb.failure:
                         raise DeterministicFailure(cb.failure)
                     if cb.finished_count(regime) < a.num_samples:  # Tune stops gracefully on Ctrl-C

@@ -288,3 +288,23 @@ def test_tables_round_trip_the_efficiency_columns(tmp_path):
     # an old study (no efficiency data anywhere) has no efficiency table
     df = pd.read_parquet(tmp_path / "results" / "trials.parquet")
     assert efficiency(df[df["trial_id"] == "t-old"]).empty
+
+
+def test_table_writer_converts_each_record_once_and_writes_what_write_tables_writes(tmp_path):
+    from analysis.tables import TableWriter
+    first = [record("winning_ticket", f"t{i}", 0.1, i, 0.8) for i in range(3)]
+    lazy = TableWriter(tmp_path / "lazy", first[:1], every_s=3600)
+    for r in first[1:]:
+        lazy.add(r)
+    assert not (tmp_path / "lazy" / "results").exists()  # not yet: at most every every_s seconds
+    redone = {**first[1], "val_acc": 0.5}  # a trial finalised again replaces its rows
+    lazy.add(redone)
+    lazy.flush()
+    eager = TableWriter(tmp_path / "eager", every_s=0)
+    for r in first:
+        eager.add(r)  # every_s=0: written at every add
+        assert len(pq.read_table(tmp_path / "eager" / "results" / "trials.parquet")) == first.index(r) + 1
+    want_trials, want_epochs = write_tables(tmp_path / "whole", [first[0], redone, first[2]])
+    got_trials = pq.read_table(tmp_path / "lazy" / "results" / "trials.parquet")
+    got_epochs = pq.read_table(tmp_path / "lazy" / "results" / "epochs.parquet")
+    assert got_trials.equals(want_trials) and got_epochs.equals(want_epochs)
