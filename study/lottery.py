@@ -11,6 +11,7 @@ import math
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -136,22 +137,35 @@ def run_study(opts: StudyOptions, search: bool = True) -> int:
     from trainables.data import load_splits
     load_splits(a.dataset, a.data_dir, a.data_seed, a.val_fraction, a.data_seed)  # generate/cache once, here
 
+    uri = a.mlflow_uri or f"sqlite:///{study_dir / 'mlflow.db'}"
+
+    def open_tracking():
+        from study.tracking import MlflowTracker
+        tracker = MlflowTracker(uri, a.name, study_dir / "mlartifacts")
+        tracker.start_parent(a.name, {**search_config(opts), "study_hash": study_hash})
+        return tracker
+
+    import ray
+
+    from study.runtime import start_ray
+    # MLflow's import and its database's schema set-up (about 3 s) run while Ray starts its processes
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tracking = pool.submit(open_tracking)
+        resources = start_ray(a.address, a.num_cpus)
+        try:
+            tracker = tracking.result()
+        except BaseException:
+            ray.shutdown()
+            raise
+    print(f"MLflow: {uri} (experiment {a.name})", flush=True)
+
     from analysis.report import build_report
     from analysis.summary import best_per_regime, format_summary, read_tables
     from analysis.tables import write_tables
     from study.callbacks import DeterministicFailure, Progress, StudyCallback
     from study.confirm import run_confirmation
-    from study.runtime import start_ray
-    from study.tracking import MlflowTracker
     from trainables.trainable import TrialContext
 
-    uri = a.mlflow_uri or f"sqlite:///{study_dir / 'mlflow.db'}"
-    tracker = MlflowTracker(uri, a.name, study_dir / "mlartifacts")
-    tracker.start_parent(a.name, {**search_config(opts), "study_hash": study_hash})
-    print(f"MLflow: {uri} (experiment {a.name})", flush=True)
-
-    import ray
-    resources = start_ray(a.address, a.num_cpus)
     concurrency = max_concurrent(opts, resources)
     print(f"Ray: {'joined ' + a.address if a.address else 'local runtime'} with {resources.get('CPU', 0):g} CPUs, "
           f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once", flush=True)
