@@ -61,7 +61,7 @@ def build_rethinking_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from study.lottery import run_study
+    from study.course import run_study
     return run_study(parse(argv, build_rethinking_parser()))  # every flag is checked before anything is written
 
 
