@@ -82,7 +82,10 @@ def check_cluster(address: str) -> None:
     """A Ray cluster's address (GCS ``host:port``, ``ray://host:port``, or ``auto``) answers."""
     if address == "auto":
         from ray._private.services import canonicalize_bootstrap_address
-        found = canonicalize_bootstrap_address("auto")
+        try:
+            found = canonicalize_bootstrap_address("auto")
+        except ConnectionError:  # Ray's own "Could not find any running Ray instance"
+            found = None
         if not found:
             raise BadFlag("--address", "auto found no running Ray cluster on this machine (start one with `ray start "
                                        "--head`, or leave --address out for a local runtime)")
