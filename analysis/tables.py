@@ -130,8 +130,9 @@ class TableWriter:
     """The tables of a study that grows one trial at a time, at a cost per trial that does not grow
     with the study: each record becomes its rows once (Arrow record batches, keyed by trial id, so a
     re-finalised trial replaces its rows), and both files are rewritten from the batches at most every
-    ``every_s`` seconds and on ``flush``.  ``write_tables`` rebuilds them from the records on disk,
-    as the driver does when it stops; between two writes the records in ``records/`` are ahead."""
+    ``every_s`` seconds (checked when a trial is added) and on ``flush``.  ``write_tables`` rebuilds
+    them from the records on disk, as the driver does when it stops; between two writes the records in
+    ``records/`` are ahead."""
 
     def __init__(self, study_dir: str | os.PathLike[str], records: Iterable[dict[str, Any]] = (),
                  every_s: float = 10.0):

@@ -1,7 +1,7 @@
 """The driver's cost of putting one finished trial into the Parquet tables, as the study grows.
 
 One real trial record (the default pipeline's shape: 20 epochs of pretraining, 5 IMP rounds and the
-final training, so 140 epoch rows) is produced by ``run_trial`` on MNIST-1D, then added N times
+final training, so 120 epoch rows) is produced by ``run_trial`` on MNIST-1D, then added N times
 under new trial ids, as the driver's callback finalises trials:
 
 - baseline: the tables rewritten from every record after each trial (what the driver did before

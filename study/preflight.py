@@ -21,6 +21,11 @@ from typing import Callable
 ANSWER_TIMEOUT_S = 5.0
 
 
+def _one_line(e: BaseException, text: object = None) -> str:
+    """An exception as one short line, whatever it printed."""
+    return " ".join(f"{type(e).__name__}: {e if text is None else text}".split())[:300]
+
+
 class BadFlag(Exception):
     def __init__(self, flag: str, message: str):
         super().__init__(f"{flag} {message}")
@@ -40,7 +45,7 @@ def check_model_fits_data(model: str, widths: tuple[int, ...] | None, dataset: s
         ok = tuple(out.shape) == (2, entry.num_classes)
         why = f"its outputs have shape {tuple(out.shape)[1:]}, not ({entry.num_classes},)"
     except Exception as e:  # any failure to build or run it is the same answer for the user
-        ok, why = False, " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        ok, why = False, _one_line(e)
     if not ok:
         shape = "x".join(map(str, entry.input_shape))
         raise BadFlag("--model", f"{model} does not fit --dataset {dataset} (inputs {shape}, "
@@ -109,7 +114,7 @@ def check_tracking_server(uri: str) -> None:
     except urllib.error.HTTPError as e:
         why = f"HTTP {e.code}"
     except (OSError, ValueError) as e:
-        why = " ".join(f"{type(e).__name__}: {getattr(e, 'reason', e)}".split())
+        why = _one_line(e, getattr(e, "reason", e))
     raise BadFlag("--mlflow-uri", f"{uri}: no MLflow tracking server answers /health within "
                                   f"{ANSWER_TIMEOUT_S:g} s ({why})")
 
@@ -130,8 +135,7 @@ def _within_timeout(work: Callable[[], None]) -> str | None:
     if t.is_alive():
         return f"no answer within {ANSWER_TIMEOUT_S:g} s"
     if "error" in box:
-        e = box["error"]
-        return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        return _one_line(box["error"])
     return None
 
 
@@ -146,13 +150,12 @@ def check_storage(storage: str) -> None:
             raise BadFlag("--storage", f"{storage} cannot be written ({existing} is not a folder we may write)")
         return
 
-    def probe() -> None:
-        import pyarrow.fs
-        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
-        name = f"{path.rstrip('/')}/.prune-platform-probe-{uuid.uuid4().hex}"
-        with fs.open_output_stream(name) as f:
-            f.write(b"probe")
-        fs.delete_file(name)
+    def probe() -> None:  # the write trials will make, through the same Storage
+        from trainables.storage import Storage
+        store = Storage(storage)
+        name = store.join(f".prune-platform-probe-{uuid.uuid4().hex}")
+        store.write_bytes(name, b"probe")
+        store.delete(name)
     why = _within_timeout(probe)
     if why:
         raise BadFlag("--storage", f"{storage} cannot be written ({why})")

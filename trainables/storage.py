@@ -88,6 +88,13 @@ class Storage:
     def write_text(self, location: str, text: str) -> None:
         self.write_bytes(location, text.encode())
 
+    def delete(self, location: str) -> None:
+        if self.local:
+            Path(location).unlink()
+            return
+        fs, p = self._fs(location)
+        fs.delete_file(p)
+
     def list_names(self, location: str, suffix: str = "") -> list[str]:
         if self.local:
             d = Path(location)
