@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables import methods
 from trainables.efficiency import count_macs, count_params
-from trainables.models import build_model
+from trainables.methods import METHODS, PruningMethod, register_method
+from trainables.models import build_model, init_weights
 from trainables.structured import (
-    METHODS,
     PRESETS,
     StructuredSpec,
+    allocate,
     bn_l1_penalty,
     channel_counts,
     prunable_convs,
@@ -302,7 +304,7 @@ def test_model_dependent_errors(resnet56):
         prune_structured(build_model("lenet300", (40,), 10), StructuredSpec("slimming"), _x((40,)))
     with pytest.raises(TypeError):
         prune_structured(small, {"method": "l1-filter"}, x)
-    assert METHODS == ("l1-filter", "slimming", "random-channel")
+    assert tuple(n for n, m in METHODS.items() if m.structured) == ("l1-filter", "slimming", "random-channel")
 
 
 # ------------------------------------------------------------------ save, restore, re-init, training
@@ -388,3 +390,147 @@ def test_slimming_hook_shrinks_gammas():
     plain, sparse = train(0.0), train(0.1)
     # 24 gammas, 10 steps of lr 0.05 * 0.1 pull each |gamma| down by up to 0.05: about 1.2 in total
     assert sparse < plain - 1.0
+
+
+# ------------------------------------------------------------------ exact counts, one allocation rule
+
+def test_allocate_turns_scores_into_exact_channels():
+    s = {"a": torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7]), "b": torch.tensor([0.2, 0.2, 0.8])}
+    # allocation "layer": kept = floor(n * (1 - ratio)); the lowest scores go; a ratio-0 layer keeps all
+    assert allocate(s, ratios={"a": 0.5, "b": 0.0}) == {"a": [0, 1, 3]}  # keeps 2 of 5: 0.9, 0.7
+    # exact counts
+    assert allocate(s, kept={"a": 4, "b": 1}) == {"a": [1], "b": [0, 1]}
+    assert allocate(s, kept={"a": 5}) == {}
+    # allocation "global": 8 channels, ratio 0.5 -> the 4 lowest overall (0.1, 0.2, 0.2, 0.3)
+    assert allocate(s, ratio=0.5) == {"a": [1, 3], "b": [0, 1]}
+    # ties at the threshold go to the earlier layer; a layer is never emptied
+    assert allocate({"a": torch.ones(2), "b": torch.ones(2)}, ratio=0.5) == {"a": [0]}
+    assert allocate({"a": torch.zeros(3), "b": torch.ones(3)}, ratio=0.5) == {"a": [0, 1]}
+    with pytest.raises(TypeError, match="exactly one"):
+        allocate(s, ratio=0.5, kept={"a": 1})
+    with pytest.raises(ValueError, match="has 3 channels; cannot keep 4"):
+        allocate(s, kept={"b": 4})
+    with pytest.raises(ValueError, match="would remove all 3 channels of layer 'b'"):
+        allocate(s, ratios={"b": 0.7})
+
+
+def test_counts_keep_exactly_that_many_channels():
+    model = _small(widths=(7, 13, 11))
+    counts = {"features.0": 5, "features.3": 6, "features.6": 1}
+    pruned = prune_structured(model, StructuredSpec("l1-filter", counts=counts), SMALL_X)
+    assert channel_counts(pruned) == {**counts, "fc": 3}
+    assert pruned(SMALL_X).shape == (4, 3)
+    # the kept filters are the largest-L1 ones, in their original order (inputs sliced to match)
+    def largest(conv, k):
+        return sorted(torch.topk(conv.weight.detach().flatten(1).abs().sum(1), k).indices.tolist())
+    keep0, keep3 = largest(model.features[0], 5), largest(model.features[3], 6)
+    assert torch.equal(pruned.features[0].weight, model.features[0].weight[keep0])
+    assert torch.equal(pruned.features[3].weight, model.features[3].weight[keep3][:, keep0])
+    # a layer asked to keep 5 of 16 keeps exactly 5, whatever the rounding of 5/16
+    conv = build_model("conv1d", (1, 40), 10, None)
+    for k in (1, 5, 11, 31):
+        got = prune_structured(conv, StructuredSpec("l1-filter", counts={"features.2": k}), _x((1, 40)))
+        assert channel_counts(got)["features.2"] == k
+
+
+def test_random_channel_reproduces_another_networks_counts_exactly():
+    """The random control asks for another pruned network's kept channels (``counts``), layer by
+    layer: odd sizes and counts where a ratio round trip would need half a channel of slack."""
+    model = _small(widths=(7, 13, 11))
+    l1 = prune_structured(model, StructuredSpec("l1-filter", 0.3, layer_ratios={"features.3": 0.45}), SMALL_X)
+    assert channel_counts(l1) == {"features.0": 4, "features.3": 7, "features.6": 7, "fc": 3}  # floor(n * (1 - r))
+    rnd = prune_structured(model, StructuredSpec("random-channel", counts=channel_counts(l1), seed=3), SMALL_X)
+    assert channel_counts(rnd) == channel_counts(l1)
+    again = prune_structured(model, StructuredSpec("random-channel", counts=channel_counts(l1), seed=3), SMALL_X)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in rnd.state_dict().items())
+    # the counts of a slimming network (layers pruned unevenly) too
+    vgg = build_model("vgg11", CIFAR, 10)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in vgg.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g))
+    slim = prune_structured(vgg, StructuredSpec("slimming", 0.37), _x(n=1))
+    assert len({channel_counts(slim)[n] / channel_counts(vgg)[n] for n in prunable_convs(vgg)}) > 1
+    rnd = prune_structured(vgg, StructuredSpec("random-channel", counts=channel_counts(slim), seed=1), _x(n=1))
+    assert channel_counts(rnd) == channel_counts(slim)
+
+
+def test_counts_errors():
+    small, x = _small(widths=(7, 13, 11)), SMALL_X
+    with pytest.raises(ValueError, match="counts\\['features.0'\\] must be an integer >= 1"):
+        StructuredSpec("l1-filter", counts={"features.0": 0})
+    with pytest.raises(ValueError, match="layer_ratios and preset cannot be added"):
+        StructuredSpec("l1-filter", counts={"features.0": 3}, layer_ratios={"features.3": 0.5})
+    with pytest.raises(ValueError, match="has 7 channels; cannot keep 8"):
+        prune_structured(small, StructuredSpec("l1-filter", counts={"features.0": 8}), x)
+    with pytest.raises(ValueError, match="'fc' is not prunable"):
+        prune_structured(small, StructuredSpec("l1-filter", counts={"fc": 2}), x)
+    with pytest.raises(ValueError, match="'features.9' does not exist"):
+        prune_structured(small, StructuredSpec("l1-filter", counts={"features.9": 2}), x)
+    # a non-prunable layer named with its full count is fine (a whole channel_counts dict)
+    same = prune_structured(small, StructuredSpec("l1-filter", counts=channel_counts(small)), x)
+    assert channel_counts(same) == channel_counts(small)
+
+
+# ------------------------------------------------------------------ a method from outside the packages
+
+L2_FILTER = '''
+from trainables.methods import PruningMethod, register_method
+
+
+def l2_filter(layer, ctx):
+    """The L2 norm of each output filter (one value per channel; the lowest go)."""
+    return layer.weight.detach().flatten(1).norm(dim=1)
+
+
+register_method(PruningMethod("l2-filter", l2_filter, structured=True, allocation="layer",
+                              help="remove each conv's filters of smallest L2 norm"))
+'''
+
+
+def test_a_structured_method_registered_from_outside_prunes_with_the_shared_allocation(tmp_path, monkeypatch):
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))  # the registration ends with the test
+    (tmp_path / "my_l2_filter_method.py").write_text(L2_FILTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "my_l2_filter_method", raising=False)
+    __import__("my_l2_filter_method")
+    assert "l2-filter" in methods.selectable()
+    model = build_model("conv1d", (1, 40), 10, None)
+    with torch.no_grad():  # filter norms: L1 and L2 disagree on the order (many small vs one large weight)
+        w = model.features[0].weight  # 32 filters of 3 weights
+        w.copy_(torch.where(torch.arange(32).view(32, 1, 1) % 2 == 0, torch.tensor([[[1.0, 1.0, 1.0]]]),
+                            torch.tensor([[[2.0, 0.0, 0.0]]])) * (1 + torch.arange(32).view(32, 1, 1) / 1000))
+    pruned = prune_structured(model, StructuredSpec("l2-filter", 0.3), _x((1, 40)))
+    assert channel_counts(pruned) == {"features.0": 22, "features.2": 22, "features.4": 22, "classifier": 10}
+    # the 10 filters that go from features.0: the lowest L2 norms (sqrt(3) < 2: the even ones), smallest first
+    norms = model.features[0].weight.detach().flatten(1).norm(dim=1)
+    keep = sorted(set(range(32)) - set(torch.argsort(norms)[:10].tolist()))
+    assert keep == [i for i in range(32) if i % 2 == 1 or i >= 20]
+    assert torch.equal(pruned.features[0].weight, model.features[0].weight[keep])
+    assert pruned(_x((1, 40))).shape == (4, 10)
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(PruningMethod("l2-filter", "x:y", structured=True, allocation="layer", help="again"))
+
+
+def test_a_global_method_ranks_all_layers_together(monkeypatch):
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    register_method(PruningMethod("l1-global", "trainables.structured:l1_filter_score", structured=True,
+                                  allocation="global", help="L1 filter norms under one threshold"))
+    model = init_weights(build_model("conv1d", (1, 40), 10, None), 0)
+    # 96 channels, 24 go under one threshold: all from features.0, whose filters have 3 weights
+    # (the others' 96: larger L1 norms), where allocation "layer" would take 8 from each layer
+    pruned = prune_structured(model, StructuredSpec("l1-global", 0.25), _x((1, 40)))
+    assert channel_counts(pruned) == {"features.0": 8, "features.2": 32, "features.4": 32, "classifier": 10}
+    with pytest.raises(ValueError, match="l1-global uses one global threshold"):
+        StructuredSpec("l1-global", layer_ratios={"features.0": 0.5})
+
+
+def test_a_method_with_bad_scores_is_refused(monkeypatch):
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    register_method(PruningMethod("bad", lambda layer, ctx: torch.ones(3), structured=True, allocation="layer",
+                                  help="wrong shape"))
+    with pytest.raises(ValueError, match="'bad': the scores of layer 'features.0' must be a finite tensor of shape"):
+        prune_structured(_small(), StructuredSpec("bad", 0.5), SMALL_X)
+    with pytest.raises(ValueError, match="unknown structured pruning method 'magnitude'"):
+        StructuredSpec("magnitude")

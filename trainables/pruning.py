@@ -1,24 +1,31 @@
-"""Magnitude pruning masks: global (one threshold) or layerwise, applied round after round.
+"""Unstructured pruning masks: global (one threshold) or layerwise, applied round after round.
 
-Mask selection uses ``torch.nn.utils.prune`` (L1Unstructured through ``global_unstructured`` or
-``l1_unstructured``): its PruningContainer already prunes ``amount`` of the weights *still alive*
-when a mask exists, which is exactly one IMP round.  Training then holds the masks as plain tensors
-(see ``trainables.training``) instead of the library's forward pre-hooks: the hooks cost a few
-percent per step and leave non-zero values in ``weight_orig``, while a multiply after each
-optimiser step keeps the pruned weights exactly zero.
+The weights are scored by the pruning method's function (``trainables.methods``; magnitude:
+``|w|``) and the masks selected by ``torch.nn.utils.prune`` (L1Unstructured through
+``global_unstructured`` or ``l1_unstructured`` with ``importance_scores``): its PruningContainer
+already prunes ``amount`` of the weights *still alive* when a mask exists, which is exactly one IMP
+round.  Training then holds the masks as plain tensors (see ``trainables.training``) instead of the
+library's forward pre-hooks: the hooks cost a few percent per step and leave non-zero values in
+``weight_orig``, while a multiply after each optimiser step keeps the pruned weights exactly zero.
 """
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from trainables.methods import get_method, score_function
 from trainables.models import prunable_layers
 
-SCOPES = ("global", "layerwise")
+SCOPES = ("global", "layerwise")  # the study's --prune-scope: the allocation of unstructured methods
+
+
+def magnitude_score(weight: torch.Tensor) -> torch.Tensor:
+    """The ``magnitude`` method's score: ``|w|`` (IMP, Frankle & Carbin 2019)."""
+    return weight.abs()
 
 
 def select_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
@@ -40,27 +47,40 @@ def full_masks(model: nn.Module, layer_names: Iterable[str] | None = None) -> di
 
 
 def prune_round(model: nn.Module, masks: dict[str, torch.Tensor], fraction: float,
-                scope: str = "global") -> dict[str, torch.Tensor]:
-    """Remove ``fraction`` of the weights still alive under ``masks``, smallest magnitude first.
+                scope: str = "global", method: str = "magnitude") -> dict[str, torch.Tensor]:
+    """Remove ``fraction`` of the weights still alive under ``masks``, lowest ``method`` score first
+    (magnitude: smallest |w|), over all layers at once (``scope`` "global") or in each layer alike.
 
-    ``model`` holds the trained weights the magnitudes come from; it is not modified.
+    ``model`` holds the trained weights the scores come from; it is not modified.
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown pruning scope {scope!r}; known: {SCOPES}")
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    spec = get_method(method)
+    if spec.structured:
+        raise ValueError(f"{spec.name} is a structured method (trainables.structured); prune_round makes weight masks")
+    score = score_function(spec)
     work = copy.deepcopy(model).cpu()  # deep copy before any pruning hook exists (pytorch#37322)
     modules = dict(work.named_modules())
-    targets = []
+    targets, scores = [], []
     for pname, mask in masks.items():
         layer = modules[pname.rsplit(".", 1)[0]]
+        with torch.no_grad():
+            s = score(layer.weight.detach())
+        if not torch.is_tensor(s) or s.shape != layer.weight.shape or not bool((s >= 0).all()):
+            raise ValueError(f"pruning method {spec.name!r}: the scores of {pname!r} must be a non-negative tensor "
+                             f"of shape {tuple(layer.weight.shape)} (the library ranks by |score|), "
+                             f"got {getattr(s, 'shape', type(s).__name__)}")
         prune.custom_from_mask(layer, "weight", mask.detach().cpu().bool())
         targets.append(layer)
+        scores.append(s)
     if scope == "global":
-        prune.global_unstructured([(t, "weight") for t in targets], prune.L1Unstructured, amount=fraction)
+        prune.global_unstructured([(t, "weight") for t in targets], prune.L1Unstructured, amount=fraction,
+                                  importance_scores={(t, "weight"): s for t, s in zip(targets, scores)})
     else:
-        for t in targets:
-            prune.l1_unstructured(t, "weight", amount=fraction)
+        for t, s in zip(targets, scores):
+            prune.l1_unstructured(t, "weight", amount=fraction, importance_scores=s)
     return {pname: t.weight_mask.detach().clone().float() for pname, t in zip(masks, targets)}
 
 

@@ -1,39 +1,10 @@
-"""Structured (channel) pruning that physically removes filters, through Torch-Pruning 1.6.
+"""Structured (channel) pruning that physically removes output channels, through Torch-Pruning 1.6.
 
-Three ways to choose the channels, all on one code path (``tp.pruner.BasePruner`` with local,
-per-layer scopes, after our own per-layer channel counts have been fixed):
-
-* ``l1-filter``  Li et al., "Pruning Filters for Efficient ConvNets" (ICLR 2017): in each layer,
-  remove the filters with the smallest L1 norm of their own weights (no global ranking; per-layer
-  ratios).  ``MagnitudeImportance(p=1, group_reduction="first", normalizer=None)`` scores exactly
-  the root layer's filter: Torch-Pruning's default (``group_reduction="mean"``) would average the
-  filter's norm with the BN gamma and the next layer's input weights, which is not Li et al.'s rule.
-* ``slimming``   Liu et al., "Learning Efficient Convolutional Networks through Network Slimming"
-  (ICCV 2017): one global threshold on |gamma| over every prunable layer's BatchNorm; the channels
-  below it go.  A layer is never emptied: if the threshold would remove all of a layer's channels, it
-  keeps its largest-|gamma| channel (so the total removed can fall slightly short of ``ratio``).
-  Ties at the threshold go to the earlier layer; an untrained net (every gamma 1) is all ties, so
-  slimming it is meaningless: train with ``slimming_hook`` / ``bn_l1_penalty`` first.
-  ``BNScaleImportance(normalizer=None)``: the library default normalises per layer (divides by the
-  layer's mean), which would make a global threshold meaningless.
-* ``random-channel``  the control: the same per-layer counts as ``l1-filter``, channels drawn at
-  random from a generator seeded by ``(spec.seed, layer name)``, so a result is reproducible and
-  independent of the order in which the library visits layers.
-
-Which layers may lose output channels (``prunable_convs``) is read off Torch-Pruning's dependency
-graph: a Conv/Linear is prunable when its out-channel group couples no other Conv/Linear (so it is
-not tied to a residual sum) and contains no padding op, and it is not the classifier (the last
-Conv/Linear executed).  For CIFAR ResNets with option-A (zero-pad) shortcuts this leaves exactly
-the first conv of each block: the library traces ``F.pad`` as an element-wise op and would couple
-all three stages into one wrong group (see STACK-NOTES "Pruning libraries").
-
-A pruned model is stored as plain tensors and ints (``pruned_state``): the kept channel count of
-every Conv/Linear plus the ``state_dict``; ``restore_pruned`` prunes a fresh base model down to
-those counts and loads the weights.  ``tp.state_dict`` is not used: it pickles every module's
-``__dict__`` (hooks, the option-A lambda), which ``torch.save`` cannot pickle and
-``torch.load(weights_only=True)`` refuses.
-
-Torch-Pruning creates new ``nn.Parameter`` objects: build the optimiser after pruning.
+A method (``trainables.methods``) scores each prunable layer's output channels; ``allocate``
+turns the scores and the spec's ratios or exact counts into the channels to remove, and
+Torch-Pruning's dependency graph removes exactly those (with the matching BatchNorm entries and
+input slices downstream).  Which layers are prunable, how each built-in method chooses, presets,
+saving and restoring: docs/pruning.md.  Build the optimiser after pruning (new Parameters).
 """
 from __future__ import annotations
 
@@ -41,7 +12,7 @@ import copy
 import math
 import numbers
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +20,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-METHODS = ("l1-filter", "slimming", "random-channel")
+from trainables import methods as registry
+from trainables.methods import LayerContext, PruningMethod, score_function
+
 STATE_FORMAT = "structured-channels-v1"
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -70,16 +43,28 @@ def _check_ratio(value: Any, what: str) -> float:
     return float(value)
 
 
+def _structured_method(name: Any) -> PruningMethod:
+    method = registry.METHODS.get(name) if isinstance(name, str) else None
+    if method is None or not method.structured:
+        known = tuple(n for n, m in registry.METHODS.items() if m.structured)
+        raise ValueError(f"unknown structured pruning method {name!r}; known: {known}")
+    return method
+
+
 @dataclass(frozen=True)
 class StructuredSpec:
     """What to prune.
 
-    ``ratio``: fraction of output channels removed in every prunable layer (l1-filter,
-    random-channel), or the global fraction of BN channels under the one threshold (slimming).
-    ``layer_ratios``: per-layer overrides, layer name -> ratio (names from ``prunable_convs``).
-    ``preset``: a published per-layer setting from ``PRESETS``; it fixes every layer's ratio
-    (layers it does not name keep all channels, ``ratio`` is ignored); ``layer_ratios`` still
-    override it.  ``seed``: the random-channel draw.
+    ``method``: a structured method of ``trainables.methods.METHODS``.  ``ratio``: fraction of
+    output channels removed in every prunable layer (allocation "layer": l1-filter,
+    random-channel), or the global fraction of all candidate channels under one threshold
+    (allocation "global": slimming).  ``layer_ratios``: per-layer overrides, layer name -> ratio
+    (names from ``prunable_convs``).  ``preset``: a published per-layer setting from ``PRESETS``;
+    it fixes every layer's ratio (layers it does not name keep all channels, ``ratio`` is ignored);
+    ``layer_ratios`` still override it.  ``counts``: exact kept channels, layer name -> count; it
+    replaces the ratios of any method (layers not named, or named with their full count, keep all
+    channels; ``ratio`` is ignored), the method's scores still choosing which channels stay.
+    ``seed``: the random-channel draw (``LayerContext.seed``).
     """
 
     method: str
@@ -87,18 +72,24 @@ class StructuredSpec:
     layer_ratios: dict[str, float] | None = None
     preset: str | None = None
     seed: int = 0
+    counts: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown structured pruning method {self.method!r}; known: {METHODS}")
+        method = _structured_method(self.method)
         _check_ratio(self.ratio, "ratio")
         for name, r in (self.layer_ratios or {}).items():
             _check_ratio(r, f"layer_ratios[{name!r}]")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
-        if self.method == "slimming" and (self.layer_ratios or self.preset):
-            raise ValueError("slimming uses one global |gamma| threshold; layer_ratios and preset apply "
-                             "to l1-filter and random-channel only")
+        for name, k in (self.counts or {}).items():
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ValueError(f"counts[{name!r}] must be an integer >= 1 (channels kept), got {k!r}")
+        if self.counts is not None and (self.layer_ratios or self.preset):
+            raise ValueError("counts fix every layer's kept channels; layer_ratios and preset cannot be added")
+        if method.allocation == "global" and (self.layer_ratios or self.preset):
+            per_layer = ", ".join(n for n, m in registry.METHODS.items() if m.structured and m.allocation == "layer")
+            raise ValueError(f"{method.name} uses one global threshold over all layers' scores; layer_ratios "
+                             f"and preset apply to the per-layer methods ({per_layer}) only")
 
 
 def _kept(n: int, ratio: float) -> int:
@@ -322,76 +313,194 @@ def preset_layer_ratios(preset: str, model: nn.Module) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Importances
+# The built-in methods' scoring functions (registered in trainables.methods; higher = kept)
 # --------------------------------------------------------------------------------------------
 
-class SeededRandomImportance(tp.importance.Importance):
-    """Random scores from a generator seeded by (seed, root layer name): reproducible, and a layer's
-    draw does not depend on which other layers are pruned or in what order they are visited."""
-
-    def __init__(self, seed: int, names: dict[nn.Module, str]):
-        self.seed = int(seed)
-        self.names = names
-
-    @torch.no_grad()
-    def __call__(self, group, **kwargs) -> torch.Tensor:
-        dep, idxs = group[0]
-        name = self.names.get(dep.target.module, "")
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
-        return torch.rand(len(idxs), generator=g)
+def l1_filter_score(layer: nn.Module, ctx: LayerContext) -> torch.Tensor:
+    """Li et al. 2017: the L1 norm of each output filter's own weights (not the BatchNorm's or the
+    next layer's: Torch-Pruning's ``MagnitudeImportance(p=1, group_reduction="first")``)."""
+    return layer.weight.detach().flatten(1).abs().sum(1)
 
 
-def _importance(spec: StructuredSpec, names: dict[nn.Module, str]) -> tp.importance.Importance:
-    if spec.method == "l1-filter":
-        return tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer=None)
-    if spec.method == "slimming":
-        return tp.importance.BNScaleImportance(normalizer=None)
-    return SeededRandomImportance(spec.seed, names)
+def bn_scale_score(layer: nn.Module, ctx: LayerContext) -> torch.Tensor:
+    """Network slimming (Liu et al. 2017): |gamma| of the BatchNorm on the layer's output channels."""
+    if ctx.batchnorm is None or ctx.batchnorm.weight is None:
+        raise ValueError(f"layer {ctx.name!r} has no BatchNorm with affine weights after it")
+    return ctx.batchnorm.weight.detach().abs()
+
+
+def random_channel_score(layer: nn.Module, ctx: LayerContext) -> torch.Tensor:
+    """The control: uniform scores from a generator seeded by (seed, layer name), so a layer's draw
+    does not depend on which other layers are pruned or in what order."""
+    g = torch.Generator().manual_seed((int(ctx.seed) * 1_000_003 + zlib.crc32(ctx.name.encode())) % 2**63)
+    return torch.rand(_out_channels(layer), generator=g)
+
+
+# --------------------------------------------------------------------------------------------
+# Allocation: scores and ratios (or exact counts) -> the channels to remove, for every method
+# --------------------------------------------------------------------------------------------
+
+def kept_per_layer(sizes: Mapping[str, int], ratios: Mapping[str, float]) -> dict[str, int]:
+    """Allocation "layer": channels kept per layer, ``floor(n * (1 - ratio))`` (Li et al.'s code and
+    Torch-Pruning's rule); ValueError when a ratio would empty its layer."""
+    kept = {}
+    for name, r in ratios.items():
+        n = sizes[name]
+        kept[name] = _kept(n, _check_ratio(r, f"ratio of layer {name!r}"))
+        if kept[name] < 1:
+            raise ValueError(f"ratio {r} would remove all {n} channels of layer {name!r}")
+    return kept
+
+
+def kept_global(scores: Mapping[str, torch.Tensor], ratio: float) -> dict[str, int]:
+    """Allocation "global": channels kept per layer when ``ratio`` of all channels go under one
+    threshold over the concatenated scores.  Ties at the threshold go to the earlier layer (the
+    order of ``scores``); a layer is never emptied (it keeps its best channel, so the total removed
+    can fall slightly short of ``ratio``)."""
+    names = list(scores)
+    sizes = [len(scores[n]) for n in names]
+    flat = torch.cat([_as_scores(scores[n]) for n in names]) if names else torch.zeros(0)
+    total = len(flat)
+    k = total - _kept(total, _check_ratio(ratio, "ratio"))
+    if k == 0:
+        return dict(zip(names, sizes))
+    owner = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    removed = torch.bincount(owner[torch.argsort(flat, stable=True)[:k]], minlength=len(names)).tolist()
+    return {n: s - min(c, s - 1) for n, s, c in zip(names, sizes, removed)}
+
+
+def allocate(scores: Mapping[str, torch.Tensor], *, ratios: Mapping[str, float] | None = None,
+             ratio: float | None = None, kept: Mapping[str, int] | None = None) -> dict[str, list[int]]:
+    """The channels to remove, ``{layer: sorted indices}`` (layers that lose none are left out),
+    from each layer's scores (1-D, higher = kept) and exactly one of: ``ratios`` (allocation
+    "layer", layer -> ratio, layers not named keep all), ``ratio`` (allocation "global", see
+    ``kept_global``) or ``kept`` (exact counts, layer -> channels kept).  In each layer the lowest
+    scores go (``torch.topk(largest=False)``, the selection Torch-Pruning's pruners make)."""
+    if sum(x is not None for x in (ratios, ratio, kept)) != 1:
+        raise TypeError("allocate takes exactly one of ratios=, ratio=, kept=")
+    scores = {n: _as_scores(s) for n, s in scores.items()}
+    sizes = {n: len(s) for n, s in scores.items()}
+    if ratio is not None:
+        kept = kept_global(scores, ratio)
+    elif ratios is not None:
+        unknown = [n for n in ratios if n not in scores]
+        if unknown:
+            raise ValueError(f"ratios name layers without scores: {unknown}")
+        kept = kept_per_layer(sizes, ratios)
+    remove = {}
+    for name, k in kept.items():
+        if name not in scores:
+            raise ValueError(f"kept names a layer without scores: {name!r}")
+        n = sizes[name]
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n:
+            raise ValueError(f"layer {name!r} has {n} channels; cannot keep {k!r}")
+        if k < n:
+            remove[name] = sorted(torch.topk(scores[name], n - k, largest=False).indices.tolist())
+    return remove
+
+
+def _as_scores(s: Any) -> torch.Tensor:
+    if not torch.is_tensor(s) or s.dim() != 1:
+        raise ValueError(f"channel scores must be a 1-D tensor, got {getattr(s, 'shape', type(s).__name__)}")
+    return s.detach().float().cpu()
 
 
 # --------------------------------------------------------------------------------------------
 # Pruning
 # --------------------------------------------------------------------------------------------
 
-def _layer_ratios(model: nn.Module, spec: StructuredSpec, prunable: list[str]) -> dict[str, float]:
+def _why_not(name: str, modules: Mapping[str, nn.Module], prunable: list[str], method: PruningMethod) -> str:
+    if name not in modules or not isinstance(modules[name], _PARAM_LAYERS):
+        return "does not exist"
+    if name in prunable:  # prunable, yet not a candidate of this method
+        return f"has no BatchNorm after it ({method.name} needs one)"
+    return "is not prunable (classifier, or its output feeds a residual sum)"
+
+
+def _layer_ratios(model: nn.Module, spec: StructuredSpec, candidates: list[str], prunable: list[str],
+                  method: PruningMethod) -> dict[str, float]:
     modules = dict(model.named_modules())
     if spec.preset is not None:
-        ratios = {n: 0.0 for n in prunable}
+        ratios = {n: 0.0 for n in candidates}
         preset = preset_layer_ratios(spec.preset, model)
-        unfit = [n for n in preset if n not in prunable]
+        unfit = [n for n in preset if n not in candidates]
         if unfit:
             raise ValueError(f"preset {spec.preset!r} does not fit this model ({type(model).__name__}): "
                              f"layer(s) {unfit} are not prunable")
         ratios.update(preset)
     else:
-        ratios = {n: spec.ratio for n in prunable}
+        ratios = {n: spec.ratio for n in candidates}
     for name, r in (spec.layer_ratios or {}).items():
-        if name not in prunable:
-            why = ("is not prunable (classifier, or its output feeds a residual sum)" if name in modules
-                   else "does not exist")
-            raise ValueError(f"layer_ratios: layer {name!r} {why}; prunable layers: {prunable}")
+        if name not in candidates:
+            raise ValueError(f"layer_ratios: layer {name!r} {_why_not(name, modules, prunable, method)}; "
+                             f"prunable layers: {candidates}")
         ratios[name] = r
     return ratios
 
 
-def _slimming_counts(model: nn.Module, ratio: float, analysis: _Analysis) -> dict[str, int]:
-    """Channels to remove per layer under one global |gamma| threshold, never emptying a layer."""
+def _exact_counts(model: nn.Module, spec: StructuredSpec, candidates: list[str], prunable: list[str],
+                  method: PruningMethod) -> dict[str, int]:
     modules = dict(model.named_modules())
-    layers = [(n, modules[b]) for n in analysis.prunable
-              if (b := analysis.bn_of.get(n)) is not None and modules[b].weight is not None]
-    if not layers:
-        raise ValueError("slimming needs a BatchNorm (with affine weights) after the prunable layers; "
-                         f"{type(model).__name__} has none")
-    gammas = [bn.weight.detach().abs().float().cpu() for _, bn in layers]
-    scores = torch.cat(gammas)
-    total = len(scores)
-    k = total - _kept(total, ratio)
-    if k == 0:
-        return {}
-    owner = torch.cat([torch.full((len(g),), i) for i, g in enumerate(gammas)])
-    removed = owner[torch.argsort(scores, stable=True)[:k]]
-    per_layer = torch.bincount(removed, minlength=len(layers)).tolist()
-    return {n: min(c, len(g) - 1) for (n, _), c, g in zip(layers, per_layer, gammas) if c > 0}
+    kept = {}
+    for name, k in spec.counts.items():
+        n = _out_channels(modules[name]) if isinstance(modules.get(name), _PARAM_LAYERS) else None
+        if n is None or (k < n and name not in candidates):
+            raise ValueError(f"counts: layer {name!r} {_why_not(name, modules, prunable, method)}; "
+                             f"prunable layers: {candidates}")
+        if k > n:
+            raise ValueError(f"counts: layer {name!r} has {n} channels; cannot keep {k}")
+        if k < n:
+            kept[name] = int(k)
+    return kept
+
+
+def _scores(method: PruningMethod, layers: list[str], modules: Mapping[str, nn.Module], analysis: _Analysis,
+            spec: StructuredSpec, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each layer's channel scores by ``method``, all computed before anything is pruned."""
+    score = score_function(method)
+    out = {}
+    with torch.no_grad():
+        for name in layers:
+            bn = analysis.bn_of.get(name)
+            s = score(modules[name], LayerContext(name, modules[bn] if bn else None, spec.seed, model))
+            n = _out_channels(modules[name])
+            if not torch.is_tensor(s) or tuple(s.shape) != (n,) or not torch.isfinite(s).all():
+                raise ValueError(f"pruning method {method.name!r}: the scores of layer {name!r} must be a finite "
+                                 f"tensor of shape ({n},), got {getattr(s, 'shape', type(s).__name__)}")
+            out[name] = s
+    return out
+
+
+def _channels_to_remove(work: nn.Module, spec: StructuredSpec, analysis: _Analysis) -> dict[str, list[int]]:
+    method = _structured_method(spec.method)
+    modules = dict(work.named_modules())
+    candidates = analysis.prunable
+    if method.needs_batchnorm:
+        candidates = [n for n in candidates
+                      if (b := analysis.bn_of.get(n)) is not None and modules[b].weight is not None]
+        if not candidates:
+            raise ValueError(f"{method.name} needs a BatchNorm (with affine weights) after the prunable layers; "
+                             f"{type(work).__name__} has none")
+    if spec.counts is not None:
+        kept = _exact_counts(work, spec, candidates, analysis.prunable, method)
+    elif method.allocation == "layer":
+        sizes = {n: _out_channels(modules[n]) for n in candidates}
+        ratios = _layer_ratios(work, spec, candidates, analysis.prunable, method)
+        kept = {n: k for n, k in kept_per_layer(sizes, ratios).items() if k < sizes[n]}
+    else:  # "global": every candidate is scored; the threshold decides
+        return allocate(_scores(method, candidates, modules, analysis, spec, work), ratio=spec.ratio)
+    return allocate(_scores(method, list(kept), modules, analysis, spec, work), kept=kept)
+
+
+def _remove_channels(dg: tp.DependencyGraph, modules: Mapping[str, nn.Module], remove: Mapping[str, list[int]]) -> None:
+    """Remove exactly ``remove[layer]`` (output-channel indices) of each layer, with everything the
+    dependency graph couples to them (BatchNorm entries, the next layers' input slices)."""
+    for name, idxs in remove.items():
+        m = modules[name]
+        group = dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, list(idxs))
+        if not dg.check_pruning_group(group):
+            raise ValueError(f"removing {len(idxs)} channels of layer {name!r} would empty a layer")
+        group.prune()
 
 
 def prune_structured(model: nn.Module, spec: StructuredSpec, example_input: torch.Tensor) -> nn.Module:
@@ -406,37 +515,12 @@ def prune_structured(model: nn.Module, spec: StructuredSpec, example_input: torc
     example_input = example_input.to(_device(work))
     analysis = _analyse(work, example_input)
     modules = dict(work.named_modules())
-    names = {m: n for n, m in modules.items()}
-    initial = {n: _out_channels(modules[n]) for n in analysis.prunable}
-
-    if spec.method == "slimming":
-        n_remove = _slimming_counts(work, spec.ratio, analysis)
-    else:
-        n_remove = {}
-        for name, r in _layer_ratios(work, spec, analysis.prunable).items():
-            kept = _kept(initial[name], r)
-            if kept < 1:
-                raise ValueError(f"ratio {r} would remove all {initial[name]} channels of layer {name!r}")
-            if kept < initial[name]:
-                n_remove[name] = initial[name] - kept
-
-    if n_remove:
-        # Torch-Pruning keeps int(n * (1 - ratio)) channels; asking for (k - 0.5) / n removes exactly k.
-        ratio_dict = {modules[n]: (k - 0.5) / initial[n] for n, k in n_remove.items()}
-        ignored = [m for n, m in modules.items() if isinstance(m, _PARAM_LAYERS) and n not in n_remove]
-        modes = _Modes(work)
-        try:
-            pruner = tp.pruner.BasePruner(
-                work, example_input, importance=_importance(spec, names), global_pruning=False,
-                pruning_ratio=0.0, pruning_ratio_dict=ratio_dict, ignored_layers=ignored,
-                root_module_types=list(_PARAM_LAYERS))
-            pruner.step()
-        finally:
-            modes.restore()
+    remove = _channels_to_remove(work, spec, analysis)
+    expected = {n: c - len(remove.get(n, ())) for n, c in channel_counts(work).items()}
+    _remove_channels(analysis.dg, modules, remove)
     got = channel_counts(work)
-    wrong = {n: (initial[n] - n_remove.get(n, 0), got[n]) for n in initial
-             if got[n] != initial[n] - n_remove.get(n, 0)}
-    if wrong:  # guards against a silent change of the library's rounding or grouping
+    wrong = {n: (expected[n], got[n]) for n in expected if got[n] != expected[n]}
+    if wrong:  # guards against a silent change of the library's grouping
         raise RuntimeError(f"structured pruning left unexpected channel counts (expected, got): {wrong}")
     setattr(work, _INPUT_ATTR, tuple(int(s) for s in example_input.shape[1:]))
     _refresh_widths(work)
@@ -537,13 +621,10 @@ def restore_pruned(base_model: nn.Module, state: dict[str, Any]) -> nn.Module:
         dg = tp.DependencyGraph().build_dependency(
             work, example_inputs=torch.zeros(1, *shape, device=_device(work)), verbose=False)
         modules = dict(work.named_modules())
-        for name, n in want.items():
+        for name, n in want.items():  # the current count: a coupled group may have shrunk it already
             current = _out_channels(modules[name])
             if n < current:
-                m = modules[name]
-                group = dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels,
-                                             list(range(n, current)))
-                group.prune()
+                _remove_channels(dg, modules, {name: list(range(n, current))})
     finally:
         modes.restore()
     got = channel_counts(work)
