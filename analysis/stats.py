@@ -1,38 +1,9 @@
 """Statistics of the claim test: does regime a beat regime b, or are they equivalent?
 
-The contrasts come from the study (``analysis.design``): the lottery study sets the winning ticket
-against random re-initialisation, the rethinking study Scratch-E and Scratch-B against fine-tuning.
-Input is the trials table (``results/trials.parquet``, schema ``analysis.tables.TRIALS_SCHEMA``).
-Only confirmation runs take part: ``phase == "confirm"``, ``status == "completed"`` and
-``prune_round == rounds`` or no ``prune_round`` at all (earlier rounds are a sparsity sweep used
-elsewhere).  Diverged runs
-count with their accuracy as is.  Accuracies are fractions (0..1); sentences speak in points
-(1 point = 0.01 accuracy).  Missing accuracies (NaN) are left out (a pair, when paired).
-
-Each comparison of regime ``a`` with regime ``b`` makes two tests on the difference
-``mean(a) - mean(b)``: paired by seed (paired t on the per-seed differences) when both regimes
-ran the same seeds, else Welch's unequal-variance t test.
-
-* the difference test: two-sided, H0 ``diff == 0``;
-* the equivalence test, TOST (two one-sided tests) against ``+-margin``: H0 ``diff <= -margin``
-  or ``diff >= +margin``; its p-value is the larger of the two one-sided p-values.  TOST at level
-  ``alpha`` rejects exactly when the ``100(1 - 2 alpha)%`` (90%) CI lies inside ``+-margin``.
-
-Verdict rules:
-
-1. TOST p < alpha -> ``"no meaningful difference"`` (equivalent within the margin), even when the
-   difference test is significant too: the difference is real but negligible.
-2. else difference p < alpha -> ``"advantage"`` (the sentence names the regime ahead).
-3. else ``"inconclusive"``: neither a difference nor equivalence within the margin was shown.
-   A p-value above alpha alone never supports "no advantage".
-
-Edge cases: fewer than two values (pairs) on a side -> ``"inconclusive"`` with NaN p-values and
-a sentence saying there are too few seeds.  Zero variance of the differences (the standard error is
-0, so the t statistics are undefined) -> the difference is known exactly: p_difference is 1 when
-it is 0 and 0 otherwise; p_equivalence is 0 when ``|diff| < margin`` and 1 otherwise.
-
-The reported CI of the difference is two-sided at ``1 - alpha`` (95% by default): the t interval
-of the paired differences, or Welch's interval with Welch-Satterthwaite degrees of freedom.
+Confirmation runs only (final round); a difference test (paired t by seed, else Welch) and a TOST
+equivalence test against +-margin on ``mean(a) - mean(b)``; verdict "no meaningful difference",
+"advantage" or "inconclusive".  Which trials count, the verdict rules, edge cases and the CI:
+docs/statistics.md.
 """
 from __future__ import annotations
 
