@@ -1,10 +1,11 @@
 """Checks that need more than the flags themselves, made before the study folder exists.
 
 Each raises ``BadFlag`` (one line naming the flag) where the study could not run as asked: a model
-that cannot take the data set's inputs, a resource request the local runtime cannot meet, a Ray
-cluster, MLflow tracking server or storage that does not answer within ``ANSWER_TIMEOUT_S`` or
-cannot be written.  Without them such a study starts, makes its folder and then fails in every
-trial, waits forever for resources, or hangs on the first network call.
+that cannot take the data set's inputs, a resource request the local runtime, or a cluster's nodes
+and its autoscaler's node types, cannot meet, a Ray cluster, MLflow tracking server or storage that
+does not answer within ``ANSWER_TIMEOUT_S`` or cannot be written.  Without them such a study
+starts, makes its folder and then fails in every trial, waits forever for resources, or hangs on
+the first network call.
 """
 from __future__ import annotations
 
@@ -83,8 +84,10 @@ def _answers(host: str, port: int) -> str | None:
         return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
-def check_cluster(address: str) -> None:
-    """A Ray cluster's address (GCS ``host:port``, ``ray://host:port``, or ``auto``) answers."""
+def check_cluster(address: str, cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0) -> None:
+    """A Ray cluster's address (GCS ``host:port``, ``ray://host:port``, or ``auto``) answers; given
+    the trials' request, it can run one (``check_cluster_resources``; read from the cluster's GCS
+    without joining it, so that nothing is written first; not through ``ray://``)."""
     if address == "auto":
         from ray._private.services import canonicalize_bootstrap_address
         try:
@@ -100,6 +103,35 @@ def check_cluster(address: str) -> None:
     if why:
         raise BadFlag("--address", f"{address}: no Ray cluster answers at {host}:{port} within "
                                    f"{ANSWER_TIMEOUT_S:g} s ({why})")
+    if cpus_per_trial is not None and not address.startswith("ray://"):
+        check_cluster_resources(_capacity(f"{host}:{port}"), cpus_per_trial, gpus_per_trial)
+
+
+def _capacity(gcs_address: str):
+    """``study.runtime.cluster_capacity`` within the timeout; None where it cannot be read (then
+    ``ray.init`` reports what is wrong, or the study runs with what it finds)."""
+    from study.runtime import cluster_capacity
+    box = []
+    _within_timeout(lambda: box.append(cluster_capacity(gcs_address)))
+    return box[0] if box else None
+
+
+def check_cluster_resources(capacity, cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Some node of the cluster, or of a type its autoscaler can start, holds one trial (else every
+    trial would wait forever).  Checked where that is known (``study.runtime.Capacity``: an
+    autoscaler's node types, or a cluster without autoscaler); not where only the nodes up now are."""
+    from study.runtime import AUTOSCALER, FIXED, fits_somewhere
+    if capacity is None or capacity.kind not in (AUTOSCALER, FIXED) or \
+            fits_somewhere(capacity, cpus_per_trial, gpus_per_trial):
+        return
+    where = ("no node type of the cluster's autoscaler has" if capacity.kind == AUTOSCALER else
+             "no node of the cluster (which has no autoscaler) has")
+    cpus, gpus = (f"{x:g} {what}{'' if x == 1 else 's'}" for x, what in ((cpus_per_trial, "CPU"), (gpus_per_trial, "GPU")))
+    if gpus_per_trial > 0 and not any(t.count and t.gpus >= gpus_per_trial for t in capacity.node_types):
+        raise BadFlag("--gpus-per-trial", f"asks for {gpus} per trial, but {where} that many: {capacity.nodes()}")
+    with_gpus = f" with {gpus}" if gpus_per_trial > 0 else ""
+    raise BadFlag("--cpus-per-trial", f"asks for {cpus} per trial{with_gpus}, but {where} that many: "
+                                      f"{capacity.nodes()}")
 
 
 def check_tracking_server(uri: str) -> None:
@@ -159,3 +191,4 @@ def check_storage(storage: str) -> None:
     why = _within_timeout(probe)
     if why:
         raise BadFlag("--storage", f"{storage} cannot be written ({why})")
+

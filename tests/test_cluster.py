@@ -1,7 +1,10 @@
 """The study on a Ray cluster it joins with --address (several local nodes, one machine):
 
+- capacity: what the cluster can grow to (its autoscaler's node types, or the nodes of a cluster
+  without one) sets the default number of trials at once, and a trial that no node could hold is
+  refused before the study folder exists;
 - autoscaling: a head with no CPUs, worker nodes started by the (fake multi-node) autoscaler for the
-  study's pending trials, and removed again once idle;
+  study's pending trials, as many as the default concurrency asks for, and removed again once idle;
 - node loss: the worker node running a trial killed mid-way; the trial goes on from its last
   checkpoint on another node, every epoch exactly once, one MLflow run per trial.
 
@@ -19,10 +22,23 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
+from study.preflight import BadFlag, check_cluster_resources
+from study.runtime import (
+    AUTOSCALER,
+    FIXED,
+    NODES_NOW,
+    Capacity,
+    NodeType,
+    _autoscaling_config_path,
+    _same_gcs,
+    capacity_from_autoscaling_config,
+    default_concurrency,
+)
 from study.ui import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_refused
 
 REGIMES = ("winning_ticket", "random_reinit")
 N = 2  # trials per regime
@@ -32,6 +48,12 @@ def _args(root: Path, name: str, data_dir: str, address: str, epochs: int, *extr
     return ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", str(epochs), "--rounds", "1",
             "--lr-grid", "4", "--lr-min", "0.05", "--lr-max", "0.3", "--startup-trials", "1", "--no-confirm",
             "--data-dir", data_dir, "--checkpoint-every", "1", "--root", str(root), "--name", name,
+            "--address", address, *extra]
+
+
+def _refusal_args(address: str, *extra: str) -> list[str]:
+    """A study's flags for an in-process refusal (``assert_refused`` adds --root and --data-dir)."""
+    return ["--num-samples", "1", "--regimes", ",".join(REGIMES), "--epochs", "1", "--rounds", "1", "--no-confirm",
             "--address", address, *extra]
 
 
@@ -87,6 +109,77 @@ def _check_complete(study: Path, epochs: int, out: str) -> tuple:
     return trials, per_epoch
 
 
+HEAD0 = NodeType("head", 0, worker=False)
+
+
+def test_default_concurrency_is_what_the_autoscaler_can_start():
+    cpu, gpu = NodeType("cpu", 16, 0, 8), NodeType("gpu", 4, 1, 4)
+    grown = Capacity(AUTOSCALER, (HEAD0, cpu, gpu), max_workers=12)
+    assert default_concurrency(grown, 1, 0) == 8 * 16  # the GPU type is kept for GPU trials
+    assert default_concurrency(grown, 1, 0.25) == 4 * 4
+    assert default_concurrency(grown, 8, 1) == 1  # no node type holds one: at least 1
+    assert default_concurrency(Capacity(AUTOSCALER, (HEAD0, NodeType("gpu", 4, 1, 4))), 1, 0) == 16  # GPU types only
+    # the cluster's cap on workers: the fullest types first; the head outside the cap
+    small, big = NodeType("small", 2, 0, 5), NodeType("big", 4, 0, 2)
+    assert default_concurrency(Capacity(AUTOSCALER, (HEAD0, small, big), max_workers=3), 1, 0) == 2 * 4 + 1 * 2
+    head2 = NodeType("head", 2, worker=False)
+    assert default_concurrency(Capacity(AUTOSCALER, (head2, small), max_workers=0), 1, 0) == 2
+    # Ray's resource units: 0.7 CPUs hold 7 trials of 0.1 CPU (7 // 1 in floats would say 6)
+    assert default_concurrency(Capacity(FIXED, (NodeType("head", 0.7, worker=False),)), 0.1, 0) == 7
+    # a cluster without autoscaler: every node counts, GPU nodes too
+    assert default_concurrency(Capacity(FIXED, (HEAD0, NodeType("n", 4, 1, 2))), 1, 0) == 8
+    assert default_concurrency(Capacity(NODES_NOW, (HEAD0,)), 1, 0) == 1
+
+
+def test_capacity_from_the_launcher_configs():
+    nodes = [(True, {"CPU": 0.0, "memory": 1e9})]
+    for name in ("aws", "gcp"):
+        config = yaml.safe_load((ROOT / "deploy" / f"{name}.yaml").read_text())
+        capacity = capacity_from_autoscaling_config(config, nodes, name)
+        assert capacity.kind == AUTOSCALER and capacity.max_workers == 12, capacity
+        assert default_concurrency(capacity, 1, 0) == 8 * 16 and default_concurrency(capacity, 1, 0.25) == 4 * 4
+        assert capacity.describe(1, 0.25).startswith("autoscaler: up to 4 workers of ")
+        with pytest.raises(BadFlag, match="^--cpus-per-trial asks for 32 CPUs per trial, but no node type"):
+            check_cluster_resources(capacity, 32, 0)
+        with pytest.raises(BadFlag, match="^--gpus-per-trial asks for 2 GPUs per trial"):
+            check_cluster_resources(capacity, 1, 2)
+        with pytest.raises(BadFlag, match="^--cpus-per-trial asks for 8 CPUs per trial with 1 GPU, but"):
+            check_cluster_resources(capacity, 8, 1)
+        check_cluster_resources(capacity, 16, 0)
+        check_cluster_resources(capacity, 4, 1)
+    # as Ray's autoscaler reads a file: a node type without max_workers starts none; no cap in all
+    config = {"head_node_type": "h", "available_node_types": {"h": {"resources": {"CPU": 0}},
+                                                              "w": {"resources": {"CPU": 2}},
+                                                              "v": {"resources": {"CPU": 1}, "max_workers": 3}}}
+    capacity = capacity_from_autoscaling_config(config, nodes, "file")
+    assert capacity.max_workers is None and default_concurrency(capacity, 1, 0) == 3
+    assert capacity.describe(1, 0) == "autoscaler: up to 3 workers of v (1 CPU)"
+    config["available_node_types"]["u"] = {"max_workers": 2}  # resources not declared: cannot tell
+    assert capacity_from_autoscaling_config(config, nodes, "file") is None
+
+
+def test_resource_check_refuses_only_what_is_known():
+    fixed = Capacity(FIXED, (HEAD0, NodeType("n", 1, 0, 2)))
+    with pytest.raises(BadFlag) as e:
+        check_cluster_resources(fixed, 2, 0)
+    assert str(e.value) == ("--cpus-per-trial asks for 2 CPUs per trial, but no node of the cluster (which has no "
+                            "autoscaler) has that many: the head (0 CPUs), 2 nodes (1 CPU)")
+    check_cluster_resources(fixed, 1, 0)
+    check_cluster_resources(Capacity(NODES_NOW, (HEAD0,)), 2, 1)  # an autoscaler may add what fits
+    check_cluster_resources(None, 2, 1)  # not read in time
+
+
+def test_the_monitors_autoscaling_config_and_gcs_address(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monitor = ["/venv/bin/python", "-u", "/venv/ray/autoscaler/_private/monitor.py", "--gcs-address=10.0.0.5:6379"]
+    assert _autoscaling_config_path([*monitor, "--monitor-ip=10.0.0.5"], Path("/")) is None  # no autoscaler
+    assert _autoscaling_config_path([*monitor, "--autoscaling-config=~/ray_bootstrap_config.yaml"], Path("/x")) == \
+        tmp_path / "ray_bootstrap_config.yaml"
+    assert _autoscaling_config_path([*monitor, "--autoscaling-config", "as.yaml"], Path("/x")) == Path("/x/as.yaml")
+    assert _same_gcs("10.0.0.5:6379", "10.0.0.5:6379") and _same_gcs("10.0.0.5:6379", "127.0.0.1:6379")
+    assert not _same_gcs("10.0.0.5:6379", "10.0.0.5:6380") and not _same_gcs("10.0.0.5:6379", "10.0.0.6:6379")
+
+
 BASE_ENV = ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "HOME", "PYTHONPATH")
 
 
@@ -122,10 +215,15 @@ def _alive_workers() -> list[dict]:
 
 
 def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(tmp_path, ray_env, data_dir,
-                                                                              monkeypatch):
+                                                                              monkeypatch, capsys):
+    """No --max-concurrent: the default, 2 trials at once, comes from the autoscaler's node types (an
+    empty cluster would have given 1), and both workers come for them; a trial no node type can
+    hold is refused first."""
     import ray
     from ray._private.services import get_node_ip_address
     from ray.cluster_utils import Cluster
+
+    from study.lottery import main
 
     env = {**ray_env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     _use_env(monkeypatch, env, (*BASE_ENV, "RAY_FAKE_CLUSTER", "AUTOSCALER_UPDATE_INTERVAL_S"))
@@ -139,10 +237,13 @@ def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(t
     try:
         assert cluster.address == address
         assert ray.cluster_resources().get("CPU", 0) == 0 and not _alive_workers()
+        capsys.readouterr()  # the cluster's start-up lines
+        for flags, flag in ((["--cpus-per-trial", "4"], "--cpus-per-trial"),
+                            (["--gpus-per-trial", "1"], "--gpus-per-trial")):
+            assert_refused(main, _refusal_args(address, *flags), flag, tmp_path, capsys)
 
         root, log = tmp_path / "s", tmp_path / "cli.log"
-        proc = _start_cli(_args(root, "scaled", data_dir, address, 6, "--max-concurrent", "2",
-                                "--cpus-per-trial", "1"), env, log)
+        proc = _start_cli(_args(root, "scaled", data_dir, address, 6, "--cpus-per-trial", "1"), env, log)
         most_workers, most_cpus = 0, 0.0
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
@@ -151,9 +252,11 @@ def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(t
             time.sleep(0.5)
         out = _wait(proc, log, timeout=max(1, deadline - time.time()))
         assert proc.returncode == 0, out[-4000:]
-        assert "with 0 CPUs" in out, out[-4000:]  # it joined the empty cluster: the workers came for its trials
+        # it joined the empty cluster; the default concurrency is what the autoscaler can start
+        assert "with 0 CPUs, 0 GPUs; up to 2 trials at once (autoscaler: up to 2 workers of ray.worker.cpu (1 CPU))" \
+            in out, out[-4000:]
         _check_complete(root / "scaled", 6, out)
-        assert 1 <= most_workers <= 2 and 1 <= most_cpus <= 2, (most_workers, most_cpus)
+        assert most_workers == 2 and most_cpus == 2, (most_workers, most_cpus)  # one worker per pending trial
 
         deadline = time.time() + 90  # idle timeout 3 s, autoscaler update every 1 s
         while _alive_workers() and time.time() < deadline:
@@ -163,6 +266,29 @@ def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(t
     finally:
         _stop(proc)
         ray.shutdown()
+        cluster.shutdown()
+    assert not _no_ray_left(ray_env["RAY_TMPDIR"])
+
+
+def test_a_trial_no_node_can_hold_is_refused_on_a_cluster_without_autoscaler(tmp_path, ray_env, monkeypatch,
+                                                                            capsys):
+    from ray.cluster_utils import Cluster
+
+    from study.lottery import main
+    from study.preflight import check_cluster
+    from study.runtime import cluster_capacity
+
+    _use_env(monkeypatch, ray_env, BASE_ENV)
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(num_cpus=0, include_dashboard=False))
+    try:
+        cluster.add_node(num_cpus=1)
+        capacity = cluster_capacity(cluster.address)
+        assert capacity.kind == FIXED and default_concurrency(capacity, 0.5, 0) == 2, capacity
+        check_cluster(cluster.address, 1, 0)  # one fits
+        for flags, flag in ((["--cpus-per-trial", "2"], "--cpus-per-trial"),
+                            (["--gpus-per-trial", "1"], "--gpus-per-trial")):
+            assert_refused(main, _refusal_args(cluster.address, *flags), flag, tmp_path, capsys)
+    finally:
         cluster.shutdown()
     assert not _no_ray_left(ray_env["RAY_TMPDIR"])
 
