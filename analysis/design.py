@@ -9,7 +9,8 @@ The driver writes them into the study's ``study.json``::
 A contrast ``[a, b]`` is "regime a's test-accuracy advantage over regime b" (``a - b``).  A
 ``study.json`` without them (written before they existed), or no ``study.json`` at all, means a
 lottery study and the lottery pair; a kind without contrasts gets that kind's default contrasts.
-Only the standard library is imported here, so ``import analysis`` stays cheap.
+The regimes' names, order and contrasts come from their registry (``trainables.regimes``);
+nothing heavy is imported here, so ``import analysis`` stays cheap.
 """
 from __future__ import annotations
 
@@ -18,34 +19,23 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-LOTTERY, RETHINKING = "lottery", "rethinking"
-DEFAULT_CONTRASTS: dict[str, list[tuple[str, str]]] = {
-    LOTTERY: [("winning_ticket", "random_reinit")],
-    RETHINKING: [("scratch_e", "fine_tune"), ("scratch_b", "fine_tune")],
-}
-# Reported where both regimes ran, never listed as missing: late rewinding was always set against
-# random re-initialisation in the lottery report.
-SUPPLEMENTARY_CONTRASTS: dict[str, list[tuple[str, str]]] = {LOTTERY: [("late_rewind", "random_reinit")]}
+from trainables import regimes
 
-REGIME_ORDER = ("winning_ticket", "random_reinit", "late_rewind",
-                "fine_tune", "scratch_e", "scratch_b", "lr_rewind", "random_prune")
-REGIME_LABELS = {"winning_ticket": "winning ticket", "random_reinit": "random re-init", "late_rewind": "late rewind",
-                 "fine_tune": "fine-tune", "scratch_e": "Scratch-E", "scratch_b": "Scratch-B",
-                 "lr_rewind": "LR rewinding", "random_prune": "random pruning"}
+LOTTERY, RETHINKING = "lottery", "rethinking"
+
+
+def _default_contrasts() -> dict[str, list[tuple[str, str]]]:
+    """Each study kind's contrasts among its default regimes (``study.config.PRESETS``)."""
+    from study.config import PRESETS, preset
+    return {kind: regimes.contrasts_for(preset(kind).regimes) for kind in PRESETS}
+
+
+DEFAULT_CONTRASTS: dict[str, list[tuple[str, str]]] = _default_contrasts()
 # The lottery study's verdict sentences have always named the regimes by id ("winning_ticket beats
 # random_reinit ..."); other kinds use the labels ("Scratch-B beats fine-tune ...").
 ID_NAMED_KINDS = (LOTTERY,)
-
-
-def label(regime: str) -> str:
-    """The readable name of a regime (its id when it has none)."""
-    return REGIME_LABELS.get(regime, str(regime))
-
-
-def sort_regimes(regimes: Iterable[str]) -> list[str]:
-    """Known regimes in ``REGIME_ORDER``, then the others sorted."""
-    regs = list(dict.fromkeys(regimes))
-    return sorted(regs, key=lambda r: (REGIME_ORDER.index(r) if r in REGIME_ORDER else len(REGIME_ORDER), str(r)))
+label = regimes.label  # a regime's readable name: its registry entry's
+sort_regimes = regimes.sort_regimes  # registry order, then the others sorted
 
 
 def read_study_info(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -104,9 +94,11 @@ def contrasts(study_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return list(DEFAULT_CONTRASTS.get(_kind(info, where), []))
 
 
-def supplementary_contrasts(kind: str) -> list[tuple[str, str]]:
-    """Contrasts a kind's report adds where both regimes ran (not listed when they did not)."""
-    return list(SUPPLEMENTARY_CONTRASTS.get(kind, []))
+def supplementary_contrasts(present: Iterable[str]) -> list[tuple[str, str]]:
+    """Contrasts the report adds among the regimes ``present`` (never listed as missing): the
+    registry's ``reported_versus``, e.g. late rewinding against random re-initialisation."""
+    present = list(present)
+    return [p for p in regimes.contrasts_for(present, reported=True) if p not in regimes.contrasts_for(present)]
 
 
 def split_present(pairs: Iterable[tuple[str, str]], regimes: Iterable[str]

@@ -17,25 +17,24 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from analysis import design  # noqa: E402
 from analysis.stats import confirm_rows, mean_interval  # noqa: E402
+from trainables.regimes import REGIMES  # noqa: E402
 from trainables.storage import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FIGURES = ("lr_curve", "confirmed", "learning_curves", "sparsity")
 CONDITIONS = ("tuned", "fixed_small", "fixed_large")
-REGIME_COLORS = {"winning_ticket": "#1f77b4", "random_reinit": "#d62728", "late_rewind": "#2ca02c",
-                 "fine_tune": "#ff7f0e", "scratch_e": "#9467bd", "scratch_b": "#8c564b", "lr_rewind": "#17becf",
-                 "random_prune": "#7f7f7f"}
-# unknown regimes, in the order first met: colours none of the known regimes uses
+# regimes without a colour of their own, in the order first met: colours no registered regime uses
 _EXTRA_COLORS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 _EXTRA_ASSIGNED: dict[str, str] = {}
 DPI = 120
 
 
 def color(regime: str) -> str:
-    """A regime's colour; an unknown regime gets the next colour of a cycle (and keeps it)."""
-    if regime in REGIME_COLORS:
-        return REGIME_COLORS[regime]
+    """A regime's colour (its registry entry's); any other gets the next colour of a cycle (and keeps it)."""
+    own = REGIMES[regime].color if regime in REGIMES else None
+    if own:
+        return own
     if regime not in _EXTRA_ASSIGNED:
         _EXTRA_ASSIGNED[regime] = _EXTRA_COLORS[len(_EXTRA_ASSIGNED) % len(_EXTRA_COLORS)]
     return _EXTRA_ASSIGNED[regime]

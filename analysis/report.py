@@ -162,11 +162,12 @@ def read_inputs(study_dir) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
 def comparisons(confirm: pd.DataFrame, margin_points: float, contrasts: list[tuple[str, str]] | None = None,
                 study_kind: str = design.LOTTERY) -> pd.DataFrame:
     """Every contrast (default: winning ticket vs random re-init) whose two regimes ran, per condition,
-    then the kind's supplementary contrasts where they ran (lottery: late rewind vs random re-init).
-    Columns of ``stats.COMPARE_COLUMNS`` plus ``a`` and ``b``."""
+    then the supplementary contrasts the regime registry adds where they ran (late rewind vs random
+    re-init).  Columns of ``stats.COMPARE_COLUMNS`` plus ``a`` and ``b``."""
+    ran = list(confirm["regime"].dropna().unique()) if len(confirm) else []
     pairs = list(design.DEFAULT_CONTRASTS[design.LOTTERY] if contrasts is None else contrasts)
-    pairs += [p for p in design.supplementary_contrasts(study_kind) if p not in pairs]
-    present, _ = design.split_present(pairs, confirm["regime"].dropna() if len(confirm) else [])
+    pairs += [p for p in design.supplementary_contrasts(ran) if p not in pairs]
+    present, _ = design.split_present(pairs, ran)
     if not present:
         return pd.DataFrame()
     return compare_contrasts(confirm, present, margin_points,

@@ -1,8 +1,8 @@
 """Trial records -> Parquet tables with explicit schemas (pyarrow).
 
-``results/trials.parquet``: one row per trial, with the pruning ``method``, the epochs of the
-regime's own training (``train_epochs``) and, from the record's ``efficiency`` dict, the pruned and
-dense parameter counts, forward FLOPs per example and inference latency (null in older records).
+``results/trials.parquet``: one row per trial, its columns made from the fields of
+``trainables.records.TrialRecord`` (the spec, the study's pipeline settings, derived seeds, artifact
+names, the efficiency figures: pruned and dense parameters, forward FLOPs per example, latency).
 ``results/epochs.parquet``: one row per trial, training stage (pretrain, imp_round_<r>, final) and
 epoch.  Both are rebuilt from the trial records in ``records/`` (one JSON file per trial, keyed by
 trial id), so a trial is counted once however often the tables are written; writes are atomic.
@@ -13,35 +13,70 @@ import json
 import math
 import os
 import time
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainables.config import DataConfig, ModelConfig, PruningConfig, TrainingConfig
+from trainables.records import Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec
 from trainables.storage import atomic_path
 
-TRIALS_SCHEMA = pa.schema([
-    ("study", pa.string()), ("phase", pa.string()), ("condition", pa.string()), ("regime", pa.string()),
-    ("trial_id", pa.string()), ("status", pa.string()), ("lr", pa.float64()), ("log10_lr", pa.float64()), ("seed", pa.int64()),
-    ("reinit_seed", pa.int64()), ("optuna_study", pa.string()), ("optuna_trial", pa.int64()),
-    ("dataset", pa.string()), ("model", pa.string()), ("widths", pa.string()), ("epochs", pa.int64()),
-    ("batch_size", pa.int64()), ("schedule", pa.string()), ("warmup_epochs", pa.int64()),
-    ("momentum", pa.float64()), ("weight_decay", pa.float64()), ("lr_coupling", pa.string()),
-    ("pretrain_lr", pa.float64()), ("prune_scope", pa.string()), ("rounds", pa.int64()),
-    ("prune_round", pa.int64()), ("rewind_epoch", pa.int64()), ("target_sparsity", pa.float64()), ("achieved_sparsity", pa.float64()),
-    ("layer_sparsity", pa.map_(pa.string(), pa.float64())), ("val_acc", pa.float64()),
-    ("test_acc", pa.float64()), ("train_loss", pa.float64()), ("diverged", pa.bool_()),
-    ("diverged_stage", pa.string()), ("wall_seconds", pa.float64()),
-    ("method", pa.string()), ("train_epochs", pa.int64()), ("params", pa.int64()), ("dense_params", pa.int64()),
-    ("flops", pa.int64()), ("dense_flops", pa.int64()), ("latency_ms", pa.float64()),
-    ("dense_latency_ms", pa.float64()), ("init_artifact", pa.string()),
-    ("pretrained_artifact", pa.string()), ("mask_artifact", pa.string()), ("rewind_artifact", pa.string()),
-    ("reinit_artifact", pa.string()), ("trial_hash", pa.string()), ("study_hash", pa.string()),
-    ("mlflow_run_id", pa.string()), ("error", pa.string()),
-    ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
-])
+_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+
+def _arrow_type(annotation: str) -> pa.DataType:
+    """The column type of a field: its Python type; a tuple (widths, layers) as comma-separated text."""
+    base = str(annotation).split("|")[0].strip()
+    return pa.string() if base.startswith("tuple") else _ARROW[base]
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return ",".join("=".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x) for x in v)
+    return v
+
+
+def _columns() -> list[tuple[str, pa.DataType, Callable[[TrialRecord], Any]]]:
+    """The trials table's columns, each from a field: the spec's, the study's pipeline settings, the
+    derived seeds, the artifacts (``<name>_artifact``), the efficiency figures and the record's own."""
+    cols: list[tuple[str, pa.DataType, Callable[[TrialRecord], Any]]] = [
+        ("study", pa.string(), lambda r: r.study), ("trial_id", pa.string(), lambda r: r.trial_id),
+        ("status", pa.string(), lambda r: r.status)]
+    for f in fields(TrialSpec):
+        if f.name == "seeds":
+            cols.append(("seed", pa.int64(), lambda r: r.spec.seed))
+        else:
+            cols.append((f.name, _arrow_type(f.type), lambda r, n=f.name: getattr(r.spec, n)))
+    cols.append(("log10_lr", pa.float64(), lambda r: math.log10(r.spec.lr) if r.spec.lr > 0 else None))
+    for part in (DataConfig, ModelConfig, TrainingConfig, PruningConfig):
+        cols += [(f.name, _arrow_type(f.type), lambda r, n=f.name: _text(r.settings.get(n)))
+                 for f in fields(part) if f.name != "data_dir"]
+    for attr, cls, suffix in (("seeds", DerivedSeeds, ""), ("artifacts", Artifacts, "_artifact"),
+                              ("efficiency", Efficiency, "")):
+        cols += [(f.name + suffix, _arrow_type(f.type), lambda r, a=attr, n=f.name: getattr(getattr(r, a), n))
+                 for f in fields(cls)]
+    cols.append(("layer_sparsity", pa.map_(pa.string(), pa.float64()), lambda r: list(r.layer_sparsity.items())))
+    nested = {"study", "trial_id", "status", "spec", "settings", "seeds", "artifacts", "efficiency", "stages",
+              "history", "layer_sparsity"}
+    for f in fields(TrialRecord):
+        if f.name in nested:
+            continue
+        if f.name.endswith("_at"):
+            cols.append((f.name, pa.timestamp("ms", tz="UTC"), lambda r, n=f.name: _ts(getattr(r, n))))
+        else:
+            cols.append((f.name, _arrow_type(f.type), lambda r, n=f.name: getattr(r, n)))
+    names = [c[0] for c in cols]
+    if len(set(names)) != len(names):  # two fields would make one column
+        raise RuntimeError(f"trials table: repeated columns {sorted({n for n in names if names.count(n) > 1})}")
+    return cols
+
+
+TRIAL_COLUMNS = _columns()
+TRIALS_SCHEMA = pa.schema([(name, kind) for name, kind, _ in TRIAL_COLUMNS])
 
 EPOCHS_SCHEMA = pa.schema([
     ("study", pa.string()), ("phase", pa.string()), ("condition", pa.string()), ("regime", pa.string()),
@@ -61,58 +96,24 @@ def _num(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
-def _int(x: Any) -> int | None:
-    return None if x is None else int(x)
-
-
-def load_records(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def load_records(study_dir: str | os.PathLike[str]) -> list[TrialRecord]:
+    """The driver's copies of the study's trial records (``records/``), by trial id."""
     rec_dir = Path(study_dir) / "records"
     if not rec_dir.exists():
         return []
-    return [json.loads(p.read_text()) for p in sorted(rec_dir.glob("*.json"))]
+    return [TrialRecord.from_json(json.loads(p.read_text())) for p in sorted(rec_dir.glob("*.json"))]
 
 
-def trial_row(r: dict[str, Any]) -> dict[str, Any]:
-    pipe, arts, seeds = r.get("pipeline", {}), r.get("artifacts", {}), r.get("seeds", {})
-    lr = r.get("lr")
-    eff = r.get("efficiency") or {}
-    return {
-        "study": r["study"], "phase": r.get("phase", "search"), "condition": r.get("condition"),
-        "regime": r["regime"], "trial_id": r["trial_id"], "status": r.get("status", "completed"), "lr": _num(lr),
-        "log10_lr": math.log10(lr) if lr else None, "seed": r.get("seed"),
-        "reinit_seed": seeds.get("reinit_seed"), "optuna_study": r.get("optuna_study"),
-        "optuna_trial": r.get("optuna_trial"), "dataset": pipe.get("dataset"), "model": pipe.get("model"),
-        "widths": ",".join(map(str, pipe["widths"])) if pipe.get("widths") else None,
-        "epochs": pipe.get("epochs"), "batch_size": pipe.get("batch_size"), "schedule": pipe.get("schedule"),
-        "warmup_epochs": pipe.get("warmup_epochs"), "momentum": _num(pipe.get("momentum")),
-        "weight_decay": _num(pipe.get("weight_decay")), "lr_coupling": pipe.get("lr_coupling"),
-        "pretrain_lr": _num(pipe.get("pretrain_lr")), "prune_scope": pipe.get("prune_scope"),
-        "rounds": pipe.get("rounds"), "prune_round": r.get("prune_round", pipe.get("rounds")),
-        "rewind_epoch": seeds.get("rewind_epoch"),
-        "target_sparsity": _num(pipe.get("target_sparsity")),
-        "achieved_sparsity": _num(r.get("achieved_sparsity")),
-        "layer_sparsity": list((r.get("layer_sparsity") or {}).items()),
-        "val_acc": _num(r.get("val_acc")), "test_acc": _num(r.get("test_acc")),
-        "train_loss": _num(r.get("train_loss")), "diverged": bool(r.get("diverged", False)),
-        "diverged_stage": r.get("diverged_phase"), "wall_seconds": _num(r.get("wall_seconds")),
-        "method": r.get("method"), "train_epochs": _int(r.get("train_epochs")),
-        "params": _int(eff.get("params")), "dense_params": _int(eff.get("dense_params")),
-        "flops": _int(eff.get("flops")), "dense_flops": _int(eff.get("dense_flops")),
-        "latency_ms": _num(eff.get("latency_ms")), "dense_latency_ms": _num(eff.get("dense_latency_ms")),
-        "init_artifact": arts.get("init"), "pretrained_artifact": arts.get("pretrained"),
-        "mask_artifact": arts.get("mask"), "rewind_artifact": arts.get("rewind"),
-        "reinit_artifact": arts.get("reinit"), "trial_hash": r.get("trial_hash"),
-        "study_hash": r.get("study_hash"), "mlflow_run_id": r.get("mlflow_run_id"),
-        "error": r.get("error"), "started_at": _ts(r.get("started_at")), "finished_at": _ts(r.get("finished_at")),
-    }
+def trial_row(r: TrialRecord) -> dict[str, Any]:
+    return {name: get(r) for name, _, get in TRIAL_COLUMNS}
 
 
-def epoch_rows(r: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    base = {"study": r["study"], "phase": r.get("phase", "search"), "condition": r.get("condition"),
-            "regime": r["regime"], "trial_id": r["trial_id"], "lr": _num(r.get("lr")), "seed": r.get("seed"),
-            "prune_round": r.get("prune_round", r.get("pipeline", {}).get("rounds"))}
-    stages = [(p["name"], p["artifact"], p["sparsity"], p["history"]) for p in r.get("phases", [])]
-    stages.append(("final", None, r.get("achieved_sparsity"), r.get("history", [])))
+def epoch_rows(r: TrialRecord) -> Iterable[dict[str, Any]]:
+    s = r.spec
+    base = {"study": r.study, "phase": s.phase, "condition": s.condition, "regime": s.regime,
+            "trial_id": r.trial_id, "lr": s.lr, "seed": s.seed, "prune_round": s.prune_round}
+    stages = [(st.name, st.artifact, st.sparsity, st.history) for st in r.stages]
+    stages.append(("final", None, r.achieved_sparsity, r.history))
     for stage, artifact, sp, history in stages:
         for e in history:
             yield {**base, "stage": stage, "epoch": e["epoch"], "epoch_lr": e["lr"],
@@ -134,7 +135,7 @@ class TableWriter:
     them from the records on disk, as the driver does when it stops; between two writes the records in
     ``records/`` are ahead."""
 
-    def __init__(self, study_dir: str | os.PathLike[str], records: Iterable[dict[str, Any]] = (),
+    def __init__(self, study_dir: str | os.PathLike[str], records: Iterable[TrialRecord] = (),
                  every_s: float = 10.0):
         self.out, self.every_s = Path(study_dir) / "results", every_s
         self.trials: dict[str, pa.RecordBatch] = {}
@@ -143,12 +144,12 @@ class TableWriter:
             self._convert(r)
         self.dirty, self.written_at = False, time.monotonic()
 
-    def _convert(self, record: dict[str, Any]) -> None:
-        tid = record["trial_id"]
+    def _convert(self, record: TrialRecord) -> None:
+        tid = record.trial_id
         self.trials[tid] = pa.RecordBatch.from_pylist([trial_row(record)], schema=TRIALS_SCHEMA)
         self.epochs[tid] = pa.RecordBatch.from_pylist(list(epoch_rows(record)), schema=EPOCHS_SCHEMA)
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: TrialRecord) -> None:
         self._convert(record)
         self.dirty = True
         if time.monotonic() - self.written_at >= self.every_s:
@@ -164,7 +165,7 @@ class TableWriter:
 
 
 def write_tables(study_dir: str | os.PathLike[str],
-                 records: list[dict[str, Any]] | None = None) -> tuple[pa.Table, pa.Table]:
+                 records: list[TrialRecord] | None = None) -> tuple[pa.Table, pa.Table]:
     """Rebuild ``results/trials.parquet`` and ``results/epochs.parquet`` from the trial records
     (those given, else every record in the study folder)."""
     records = load_records(study_dir) if records is None else records

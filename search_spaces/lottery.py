@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
+if TYPE_CHECKING:  # optuna is imported by the search only: the flags are made without it
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class LrSpace:
 
 @dataclass(frozen=True)
 class DefineByRun:
-    """An OptunaSearch define-by-run space: samples the LR, returns it with the trial constants.
+    """An OptunaSearch define-by-run space: samples the LR, returns it with the trial's constant spec
+    (``trainables.records.TrialSpec`` fields but the LR).
 
     A class rather than a closure: Ray Tune pickles the searcher (and this) with its state.
     """
@@ -60,7 +62,7 @@ class DefineByRun:
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         lr = self.space.suggest(trial)
         trial.set_user_attr("lr", lr)
-        return {"lr": lr, "optuna_trial": trial.number, **dict(self.constants)}
+        return {"lr": lr, "optuna_trial": trial.number, "spec": dict(self.constants)}
 
 
 def define_by_run(space: LrSpace, constants: dict[str, Any]) -> DefineByRun:

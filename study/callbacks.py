@@ -16,11 +16,12 @@ from typing import Any, TextIO
 from ray import tune
 
 from analysis.tables import TableWriter, load_records
-from study.options import optuna_study_name
+from study.config import optuna_study_name
 from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
 from trainables.storage import Storage, atomic_path
-from trainables.trainable import TRIAL_RECORDS, trial_spec
+from trainables.records import TrialRecord, TrialSpec
+from trainables.trainable import TRIAL_RECORDS
 
 
 class DeterministicFailure(Exception):
@@ -58,11 +59,6 @@ class StopOnDeterministicFailure(tune.Stopper):
         return self.callback.failure is not None
 
 
-def label(config: dict[str, Any]) -> str:
-    """Progress group of a trial: its regime in the search, ``<regime>/confirm`` in the confirmation."""
-    return config["regime"] if config.get("phase", "search") == "search" else f"{config['regime']}/confirm"
-
-
 class Progress:
     """Trials done / running / pending per group (regime, phase) and the best search result so far."""
 
@@ -88,30 +84,30 @@ class Progress:
         print(f"[{time.time() - self.t0:6.0f}s] {regime} {len(self.finished.get(regime, ()))}/{self.totals.get(regime, 0)} "
               f"done, {running} running ...", file=self.out, flush=True)
 
-    def finish(self, record: dict[str, Any]) -> None:
-        regime = label(record)
-        self.started.setdefault(regime, set()).add(record["trial_id"])
-        self.finished.setdefault(regime, set()).add(record["trial_id"])
-        val = record.get("val_acc")
-        if (record.get("phase", "search") == "search" and val is not None and not math.isnan(val)
+    def finish(self, record: TrialRecord) -> None:
+        spec, regime = record.spec, record.spec.group
+        self.started.setdefault(regime, set()).add(record.trial_id)
+        self.finished.setdefault(regime, set()).add(record.trial_id)
+        val = record.val_acc
+        if (spec.phase == "search" and val is not None and not math.isnan(val)
                 and (regime not in self.best or val > self.best[regime][0])):
-            self.best[regime] = (val, record["lr"])
+            self.best[regime] = (val, spec.lr)
         done = len(self.finished[regime])
         running = len(self.started[regime] - self.finished[regime])
         pending = max(0, self.totals.get(regime, 0) - len(self.started[regime]))
-        if record.get("status") == "error":
-            what = f"ERROR {record.get('error', '')[:80]}"
+        if not record.completed:
+            what = f"ERROR {(record.error or '')[:80]}"
         else:
-            what = (f"val {record['val_acc']:.4f} test {record['test_acc']:.4f} "
-                    f"sparsity {record.get('achieved_sparsity', 0):.3f}"
-                    + (f" DIVERGED ({record.get('diverged_phase')})" if record.get("diverged") else ""))
+            what = (f"val {record.val_acc:.4f} test {record.test_acc:.4f} "
+                    f"sparsity {record.achieved_sparsity or 0:.3f}"
+                    + (f" DIVERGED ({record.diverged_stage})" if record.diverged else ""))
         best = ", ".join(f"{r} {v:.4f}@{lr:.3g}" for r, (v, lr) in self.best.items())
         self.last_line = time.time()
-        where = f"lr {record.get('lr', float('nan')):.3g}"
-        if record.get("condition"):
-            where += f" {record['condition']} seed {record.get('seed')}"
-            if record.get("prune_round") != record.get("pipeline", {}).get("rounds", record.get("prune_round")):
-                where += f" round {record['prune_round']}"
+        where = f"lr {spec.lr:.3g}"
+        if spec.condition:
+            where += f" {spec.condition} seed {spec.seed}"
+            if spec.prune_round != record.settings.get("rounds", spec.prune_round):
+                where += f" round {spec.prune_round}"
         print(f"[{time.time() - self.t0:6.0f}s] {regime} {done}/{self.totals.get(regime, 0)} done, {running} running, "
               f"{pending} pending | {where}: {what}" + (f" | best val: {best}" if best else ""),
               file=self.out, flush=True)
@@ -119,9 +115,9 @@ class Progress:
 
 class StudyCallback(tune.Callback):
     def __init__(self, study: str, study_dir: Path, study_hash: str, tracker: MlflowTracker,
-                 progress: Progress, trial_params: dict[str, Any], shared: Storage | None = None):
+                 progress: Progress, settings: dict[str, Any], shared: Storage | None = None):
         self.study, self.study_dir, self.study_hash = study, Path(study_dir), study_hash
-        self.tracker, self.progress, self.trial_params = tracker, progress, trial_params
+        self.tracker, self.progress, self.settings = tracker, progress, settings
         self.shared = shared or Storage(str(self.study_dir))  # where trials write their records
         self.failures: dict[str, dict[str, tuple]] = {}  # group -> trial id -> (trial, its latest error line)
         self.failure: str | None = None  # why the study must stop, once the same error repeats
@@ -129,7 +125,7 @@ class StudyCallback(tune.Callback):
 
     def _load(self) -> None:
         self.runs: dict[str, str] = {}
-        self.records = {r["trial_id"]: r for r in load_records(self.study_dir)}  # every regime's so far
+        self.records = {r.trial_id: r for r in load_records(self.study_dir)}  # every regime's so far
         self.tables = TableWriter(self.study_dir, self.records.values())
 
     def __getstate__(self) -> dict[str, Any]:
@@ -144,106 +140,85 @@ class StudyCallback(tune.Callback):
         self.failures = {}
         self._load()
 
-    def _run_id(self, trial) -> str:
-        if trial.trial_id not in self.runs:
-            c = trial_spec(trial.config)
-            params = {"regime": c["regime"], "lr": c["lr"], "log10_lr": math.log10(c["lr"]), "seed": c["seed"],
-                      "phase": c.get("phase", "search"), **self.trial_params}
-            if c.get("phase", "search") == "search":
-                params.update(optuna_trial=c.get("optuna_trial"), optuna_study=optuna_study_name(self.study, c["regime"]))
-            else:
-                params.update(condition=c.get("condition"), prune_round=c.get("prune_round"))
-            self.runs[trial.trial_id] = self.tracker.start_child(
-                self.study, trial.trial_id, c["regime"], c.get("phase", "search"), params, c.get("condition"))
-        return self.runs[trial.trial_id]
+    def _optuna_study(self, spec: TrialSpec) -> str | None:
+        return optuna_study_name(self.study, spec.regime) if spec.phase == "search" else None
+
+    def _run_id(self, trial_id: str, spec: TrialSpec) -> str:
+        if trial_id not in self.runs:
+            self.runs[trial_id] = self.tracker.start_child(self.study, trial_id, spec, self.settings,
+                                                           self._optuna_study(spec))
+        return self.runs[trial_id]
 
     def catch_up(self) -> int:
         """Finalise records that trials wrote but the driver never processed (it was killed in
         between); returns how many.  Keyed by trial id, so nothing is counted twice."""
-        from types import SimpleNamespace
         done = 0
         for name in self.shared.list_names(self.shared.join(TRIAL_RECORDS), ".json"):
             trial_id = name[:-len(".json")]
             if trial_id in self.records:
                 continue
-            record = json.loads(self.shared.read_text(self.shared.join(TRIAL_RECORDS, name)))
-            if "val_acc" not in record or "config" not in record:
-                continue
-            record["status"] = "completed"
-            trial = SimpleNamespace(trial_id=trial_id, config=record["config"])
-            self._finalise(trial, record)
+            record = TrialRecord.from_json(json.loads(self.shared.read_text(self.shared.join(TRIAL_RECORDS, name))))
+            self._finalise(record)
             done += 1
         return done
 
     def on_step_end(self, iteration, trials, **info) -> None:
         running = [t for t in trials if t.status == "RUNNING"]
         if running:
-            self.progress.heartbeat(label(trial_spec(running[0].config)))
+            self.progress.heartbeat(TrialSpec.from_config(running[0].config).group)
 
     def finished_count(self, regime: str | None = None, phase: str = "search") -> int:
         """Trials of ``regime`` (all, if None) and ``phase`` recorded so far, read from disk: after
         ``Tuner.restore`` the events go to Tune's own unpickled copy of this callback."""
         return sum(1 for r in load_records(self.study_dir)
-                   if (regime is None or r["regime"] == regime) and r.get("phase", "search") == phase)
+                   if (regime is None or r.spec.regime == regime) and r.spec.phase == phase)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.progress.start(label(trial_spec(trial.config)), trial.trial_id)
-        self._run_id(trial)
+        spec = TrialSpec.from_config(trial.config)
+        self.progress.start(spec.group, trial.trial_id)
+        self._run_id(trial.trial_id, spec)
 
-    def _record_path(self, trial) -> Path:
-        """The driver's copy of a trial's record (the source of the Parquet tables)."""
-        return self.study_dir / "records" / f"{trial.trial_id}.json"
-
-    def _finalise(self, trial, record: dict[str, Any]) -> dict[str, Any]:
-        """Enrich the record, close its MLflow run, then write the driver's copy: a record on disk
-        means its run is closed too, so an interrupted driver redoes at most the MLflow step."""
-        # the settings the trial itself ran with (a restored Tune trial's config can lack constants)
-        c = {**trial_spec(trial.config), **record.get("config", {})}
-        search = c.get("phase", "search") == "search"
-        record.update(
-            mlflow_run_id=self._run_id(trial),
-            optuna_study=optuna_study_name(self.study, c["regime"]) if search else None,
-            optuna_trial=c.get("optuna_trial"), study_hash=self.study_hash,
-            trial_hash=spec_hash({"study": self.study_hash, **{k: v for k, v in c.items() if k != "optuna_trial"}}))
-        if record.get("status") == "completed":
-            self.tracker.finish_child(record["mlflow_run_id"], record)
+    def _finalise(self, record: TrialRecord) -> TrialRecord:
+        """Enrich the record, close its MLflow run, then write the driver's copy (the source of the
+        Parquet tables): a record on disk means its run is closed too, so an interrupted driver
+        redoes at most the MLflow step."""
+        spec = record.spec
+        record = record.replace(
+            mlflow_run_id=self._run_id(record.trial_id, spec), optuna_study=self._optuna_study(spec),
+            study_hash=self.study_hash, trial_hash=spec_hash({"study": self.study_hash, **spec.result_key()}))
+        if record.completed:
+            self.tracker.finish_child(record.mlflow_run_id, record)
         else:
-            self.tracker.fail_child(record["mlflow_run_id"], record.get("error", ""))
-        with atomic_path(self._record_path(trial)) as tmp:
-            tmp.write_text(json.dumps(record, default=float))
-        self.records[record["trial_id"]] = record
+            self.tracker.fail_child(record.mlflow_run_id, record.error or "")
+        with atomic_path(self.study_dir / "records" / f"{record.trial_id}.json") as tmp:
+            tmp.write_text(json.dumps(record.to_json()))
+        self.records[record.trial_id] = record
         self.tables.add(record)
         self.progress.finish(record)
         return record
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if self.records.get(trial.trial_id, {}).get("status") == "completed":
+        if trial.trial_id in self.records and self.records[trial.trial_id].completed:
             return  # finished before an interruption, then re-run from a checkpoint: counted once
         written = self.shared.join(TRIAL_RECORDS, f"{trial.trial_id}.json")  # by the trial, on any node
         if not self.shared.exists(written):  # ended without a record: count it as an error, never silently
             return self._error(trial, "stopped with the study" if self.failure else
                                "trial ended without writing its record")
-        record = json.loads(self.shared.read_text(written))
-        record["status"] = "completed"
-        self._finalise(trial, record)
+        self._finalise(TrialRecord.from_json(json.loads(self.shared.read_text(written))))
 
     def _error(self, trial, message: str) -> None:
-        if self.records.get(trial.trial_id, {}).get("status") == "error":
+        if trial.trial_id in self.records and self.records[trial.trial_id].status == "error":
             return  # recorded when the study stopped
-        c = trial_spec(trial.config)
-        record = {"study": self.study, "trial_id": trial.trial_id, "regime": c["regime"],
-                  "phase": c.get("phase", "search"), "condition": c.get("condition"),
-                  "prune_round": c.get("prune_round"), "lr": c["lr"], "seed": c["seed"], "status": "error",
-                  "error": message, "diverged": False, "finished_at": time.time()}
-        self._finalise(trial, record)
+        self._finalise(TrialRecord(self.study, trial.trial_id, TrialSpec.from_config(trial.config), self.settings,
+                                   status="error", error=message, finished_at=time.time()))
 
     def _note_failure(self, trial) -> str:
         """Remember the trial's error; when the first FAILURES_TO_STOP trials of its group failed
         with the same one and none completed, the study stops (retrying the rest is pointless)."""
-        group, line = label(trial_spec(trial.config)), error_line(trial)
+        group, line = TrialSpec.from_config(trial.config).group, error_line(trial)
         seen = self.failures.setdefault(group, {})
         seen[trial.trial_id] = (trial, line)
-        completed = any(label(r) == group and r.get("status") == "completed" for r in self.records.values())
+        completed = any(r.spec.group == group and r.completed for r in self.records.values())
         if (self.failure is None and not completed and len(seen) >= FAILURES_TO_STOP
                 and len({why for _, why in seen.values()}) == 1):
             self.failure = f"{group}: its first {len(seen)} trials failed with the same error: {line}"

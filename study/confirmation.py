@@ -5,8 +5,9 @@ Conditions, each on the same K fresh seeds (the search used ``--seed``; these ar
 - ``tuned``: every regime at the best LR its own search found (validation accuracy);
 - ``fixed_small`` / ``fixed_large``: every regime at one fixed LR (the paper's contrast: a small LR
   favours the winning ticket, a large one levels it);
-- the sparsity sweep (``tuned``, ``prune_round`` < rounds): winning ticket and random re-init on the
-  mask of every earlier IMP round, for accuracy against sparsity.
+- the sparsity sweep (``tuned``, ``prune_round`` < rounds): the regimes whose registry entry says
+  ``sweep`` (winning ticket, random re-init) on the mask of every earlier IMP round, for accuracy
+  against sparsity.
 
 ``study.course`` runs them as Ray Tune trials (a grid over these explicit configs), MLflow child
 runs with ``phase=confirm`` and rows of the Parquet tables; they reuse every shared artifact (same
@@ -15,17 +16,15 @@ LR and seed: same IMP).
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import pandas as pd
 
-from study.options import StudyOptions
+from study.config import StudyConfig
+from trainables.records import TrialSpec
+from trainables.regimes import get_regime
 
-SWEEP_REGIMES = ("winning_ticket", "random_reinit")
 
-
-def confirm_seeds(opts: StudyOptions) -> list[int]:
-    return [opts.args.seed + 1 + i for i in range(opts.args.confirm_seeds)]
+def confirm_seeds(cfg: StudyConfig) -> list[int]:
+    return [cfg.search.seed + 1 + i for i in range(cfg.confirmation.confirm_seeds)]
 
 
 def best_lrs(trials: pd.DataFrame) -> dict[str, float]:
@@ -35,21 +34,18 @@ def best_lrs(trials: pd.DataFrame) -> dict[str, float]:
     return {r["regime"]: float(r["best_lr"]) for _, r in best.iterrows() if not math.isnan(r["best_lr"])}
 
 
-def confirm_specs(opts: StudyOptions, best: dict[str, float]) -> list[dict[str, Any]]:
-    """Every confirmation trial's settings, in a stable order."""
-    a, rounds = opts.args, opts.pipeline.rounds
+def confirm_specs(cfg: StudyConfig, best: dict[str, float]) -> list[TrialSpec]:
+    """Every confirmation trial, in a stable order."""
+    c, rounds = cfg.confirmation, cfg.pruning.rounds
     specs = []
-    for seed in confirm_seeds(opts):
-        for regime in opts.regimes:
-            conditions = [] if a.no_fixed else [("fixed_small", a.fixed_small_lr), ("fixed_large", a.fixed_large_lr)]
+    for seed in confirm_seeds(cfg):
+        for regime in cfg.regimes:
+            conditions = [("fixed_small", c.fixed_small_lr), ("fixed_large", c.fixed_large_lr)] if c.fixed else []
             if regime in best:
                 conditions.insert(0, ("tuned", best[regime]))
-            for condition, lr in conditions:
-                specs.append({"regime": regime, "lr": lr, "seed": seed, "phase": "confirm",
-                              "condition": condition, "prune_round": rounds})
-            if not a.no_sweep and regime in SWEEP_REGIMES and regime in best:
-                specs += [{"regime": regime, "lr": best[regime], "seed": seed, "phase": "confirm",
-                           "condition": "tuned", "prune_round": r} for r in range(1, rounds)]
+            specs += [TrialSpec(regime, lr, (seed,), "confirm", condition, rounds) for condition, lr in conditions]
+            if c.sweep and get_regime(regime).sweep and regime in best:
+                specs += [TrialSpec(regime, best[regime], (seed,), "confirm", "tuned", r) for r in range(1, rounds)]
     return specs
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from study.options import parse
+from study.cli import parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse(argv, "lottery")  # every flag is checked before anything is written
     from study.course import run_study
-    return run_study(parse(argv))  # every flag is checked before anything is written
+    return run_study(cfg)
 
 
 if __name__ == "__main__":

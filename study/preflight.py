@@ -192,3 +192,52 @@ def check_storage(storage: str) -> None:
     if why:
         raise BadFlag("--storage", f"{storage} cannot be written ({why})")
 
+
+def check_pipeline(pipe) -> None:
+    """The model takes the data set's inputs; the layers to prune exist; a structured method finds
+    channels it can remove (and BatchNorm where it needs it)."""
+    import torch
+
+    from trainables.data import DATASETS
+    from trainables.methods import get_method
+    from trainables.models import build_model, prunable_layers
+    m, p = pipe.model, pipe.pruning
+    check_model_fits_data(m.model, m.widths, pipe.data.dataset)
+    entry = DATASETS[pipe.data.dataset]
+    model = build_model(m.model, entry.input_shape, entry.num_classes, m.widths)
+    if p.prune_layers is not None:
+        known = prunable_layers(model)
+        unknown = [n for n in p.prune_layers if n not in known]
+        if unknown:
+            raise BadFlag("--prune-layers", f"must name layers of the model, from {', '.join(known)} "
+                                            f"(unknown: {', '.join(unknown)})")
+    method = get_method(p.method)
+    if not method.structured:
+        return
+    from torch import nn
+
+    from trainables.structured import preset_layer_ratios, prunable_convs
+    known = prunable_convs(model, torch.zeros(1, *entry.input_shape))  # one trace, with the data's shape
+    if not known:
+        raise BadFlag("--method", f"{p.method} finds no prunable channels in --model {m.model}")
+    if method.needs_batchnorm and not any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in model.modules()):
+        raise BadFlag("--method", f"{p.method} needs a model with BatchNorm (vgg*, resnet*), not {m.model}")
+    if p.preset:
+        try:
+            preset_layer_ratios(p.preset, model)
+        except ValueError as e:
+            raise BadFlag("--preset", str(e)) from None
+    unknown = [n for n, _ in p.layer_ratios or () if n not in known]
+    if unknown:
+        raise BadFlag("--layer-ratios", f"must name prunable layers of {m.model}, from {', '.join(known)} "
+                                        f"(unknown: {', '.join(unknown)})")
+
+
+def check_data(data) -> None:
+    """The data set is there (generated, found or downloaded) before the study folder is made; the
+    loaded splits stay cached for the driver."""
+    from trainables.data import DataUnavailable, load_splits
+    try:
+        load_splits(data.dataset, data.data_dir, data.data_seed, data.val_fraction, data.data_seed)
+    except DataUnavailable as e:
+        raise BadFlag("--data-dir", f"has no {data.dataset}: {e}") from None

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from trainables.records import TrialRecord, TrialSpec
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 # MLflow 3's UI opens an experiment of unknown kind on its GenAI (traces) overview; this kind opens
@@ -69,17 +72,23 @@ class MlflowTracker:
         self.parent_id = run_id
         return run_id
 
-    def start_child(self, study: str, trial_id: str, regime: str, phase: str, params: dict[str, Any],
-                    condition: str | None = None) -> str:
+    def start_child(self, study: str, trial_id: str, spec: TrialSpec, settings: dict[str, Any],
+                    optuna_study: str | None = None) -> str:
+        """The trial's run (found again by its trial_id): tagged with its regime, phase and condition,
+        its params the spec's fields and the study's pipeline settings."""
         run_id = self.find_run(trial_id=trial_id)
         if run_id is not None:
             return run_id
-        name = f"{regime} lr={params['lr']:.3g} seed={params['seed']}"
-        tags = {"mlflow.parentRunId": self.parent_id or "", "study": study, "regime": regime,
-                "phase": phase, "trial_id": trial_id}
-        if condition:
-            tags["condition"] = condition
-            name += f" {condition}" + (f" round={params['prune_round']}" if params.get("prune_round") else "")
+        name = f"{spec.regime} lr={spec.lr:.3g} seed={spec.seed}"
+        tags = {"mlflow.parentRunId": self.parent_id or "", "study": study, "regime": spec.regime,
+                "phase": spec.phase, "trial_id": trial_id}
+        if spec.condition:
+            tags["condition"] = spec.condition
+            name += f" {spec.condition} round={spec.prune_round}"
+        params = {**{k: v for k, v in asdict(spec).items() if k != "seeds" and v is not None},
+                  "seed": spec.seed, "log10_lr": math.log10(spec.lr),
+                  **({"optuna_study": optuna_study} if optuna_study else {}),
+                  **{k: ("" if v is None else v) for k, v in settings.items()}}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat("", params).items()])
         return run.info.run_id
@@ -109,28 +118,24 @@ class MlflowTracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
-    def finish_child(self, run_id: str, record: dict[str, Any]) -> None:
+    def finish_child(self, run_id: str, record: TrialRecord) -> None:
         """Per-epoch curves of every stage, the final metrics, artifact tags; then FINISHED.
         A run already FINISHED is left as it is (its trial was recorded before an interruption)."""
         run = self.client.get_run(run_id)
         if run.info.status == "FINISHED":
             return
         rows: list[tuple[str, float, int]] = []
-        for phase in record.get("phases", []):
-            for e in phase["history"]:
-                rows += [(f"{phase['name']}/{k}", e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc")]
-        for e in record.get("history", []):
+        for stage in record.stages:
+            for e in stage.history:
+                rows += [(f"{stage.name}/{k}", e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc")]
+        for e in record.history:
             rows += [(k, e[k], e["epoch"]) for k in ("train_loss", "val_acc", "test_acc")]
             rows.append(("epoch_lr", e["lr"], e["epoch"]))  # not "lr": that is the trial's param
-        final = {"final_val_acc": record.get("val_acc"), "final_test_acc": record.get("test_acc"),
-                 "achieved_sparsity": record.get("achieved_sparsity"),
-                 "diverged": float(bool(record.get("diverged"))), "wall_seconds": record.get("wall_seconds"),
-                 "train_epochs": record.get("train_epochs"), **(record.get("efficiency") or {})}
-        rows += [(k, v, 0) for k, v in final.items() if v is not None and not _isnan(v)]
+        rows += [(k, v, 0) for k, v in record.metrics().items()]
         self.log_metrics(run_id, rows, skip=run.data.metrics)
-        tags = [RunTag(f"artifact.{k}", v) for k, v in record.get("artifacts", {}).items()]
-        tags += [RunTag("diverged", str(bool(record.get("diverged")))), RunTag("status", record.get("status", ""))]
-        params = [Param(k, str(v)) for k, v in record.get("seeds", {}).items()]
+        tags = [RunTag(f"artifact.{k}", v) for k, v in asdict(record.artifacts).items() if v is not None]
+        tags += [RunTag("diverged", str(record.diverged)), RunTag("status", record.status)]
+        params = [Param(k, str(v)) for k, v in asdict(record.seeds).items() if v is not None]
         self.client.log_batch(run_id, params=params, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")
 

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from study.options import StudyOptions
+from study.config import StudyConfig
 from trainables.storage import Storage
 
 
-def experiment_path(opts: StudyOptions, name: str) -> str:
-    return Storage(opts.shared_root).join("ray", name)
+def experiment_path(cfg: StudyConfig, name: str) -> str:
+    return Storage(cfg.shared_root).join("ray", name)
 
 
-def run_experiment(opts: StudyOptions, name: str, ctx, callback, concurrency: int,
+def run_experiment(cfg: StudyConfig, name: str, ctx, callback, concurrency: int,
                    tune_config: dict[str, Any], param_space: dict[str, Any] | None = None,
                    resume: bool = False) -> None:
     """Fit the experiment ``name``; with ``resume``, continue it from its saved state when there is
@@ -20,22 +20,22 @@ def run_experiment(opts: StudyOptions, name: str, ctx, callback, concurrency: in
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from study.callbacks import StopOnDeterministicFailure
-    from trainables.trainable import lottery_trainable
+    from trainables.trainable import regime_trial
 
-    a = opts.args
-    trainable = tune.with_resources(tune.with_parameters(lottery_trainable, ctx=ctx),
-                                    {"cpu": a.cpus_per_trial, "gpu": a.gpus_per_trial})
-    path = experiment_path(opts, name)
+    x = cfg.execution
+    trainable = tune.with_resources(tune.with_parameters(regime_trial, ctx=ctx),
+                                    {"cpu": x.cpus_per_trial, "gpu": x.gpus_per_trial})
+    path = experiment_path(cfg, name)
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space or {},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True, **tune_config),
-            run_config=tune.RunConfig(name=name, storage_path=Storage(opts.shared_root).join("ray"),
+            run_config=tune.RunConfig(name=name, storage_path=Storage(cfg.shared_root).join("ray"),
                                       callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
                                       stop=StopOnDeterministicFailure(callback),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      failure_config=tune.FailureConfig(max_failures=a.max_failures),
+                                      failure_config=tune.FailureConfig(max_failures=x.max_failures),
                                       verbose=0))
     tuner.fit()

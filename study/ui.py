@@ -191,7 +191,7 @@ def open_optuna(study_dir: Path, name: str, host: str, port: int, out: TextIO) -
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     """``python -m study.ui <study folder>``: the MLflow UI (or optuna-dashboard) on a study."""
     from analysis.design import read_study_info
-    from study.options import OneLineParser
+    from study.cli import OneLineParser
     p = OneLineParser(prog="python -m study.ui", description=main.__doc__)
     p.add_argument("study_dir", help="a study folder (made by python -m study.lottery)")
     p.add_argument("--optuna", action="store_true", help="serve the study's Optuna storage with optuna-dashboard instead")

@@ -20,6 +20,8 @@ from analysis.report import build_report, comparisons, verdict_lines
 from analysis.stats import compare_contrasts, confirm_rows, summarize
 from analysis.summary import efficiency, format_summary, read_tables
 from analysis.tables import EPOCHS_SCHEMA, TRIALS_SCHEMA, trial_row, write_tables
+from trainables.records import Efficiency, StageRun, TrialRecord, TrialSpec
+from trainables.regimes import REGIMES
 
 ROOT = Path(__file__).resolve().parents[1]
 RETHINKING_CONTRASTS = [["scratch_e", "fine_tune"], ["scratch_b", "fine_tune"]]
@@ -34,29 +36,27 @@ LOTTERY_WORDS = ("winning", "random re-init", "random_reinit", "Lottery", "lotte
 
 def record(regime: str, trial_id: str, lr: float, seed: int, test_acc: float, *, phase: str = "confirm",
            condition: str | None = "tuned", prune_round: int = 1, rounds: int = 1, efficiency: bool = True,
-           study: str = "rethink") -> dict:
+           study: str = "rethink") -> TrialRecord:
     """A trial record as the driver writes it (records/<trial>.json), rethinking-style."""
-    r = {"study": study, "phase": phase, "condition": condition if phase == "confirm" else None,
-         "regime": regime, "trial_id": trial_id, "status": "completed", "lr": lr, "seed": seed,
-         "pipeline": {"dataset": "cifar10", "model": "vgg", "epochs": EPOCHS, "batch_size": 64,
-                      "schedule": "cosine", "rounds": rounds, "target_sparsity": 0.75, "prune_scope": "layerwise"},
-         "prune_round": prune_round, "achieved_sparsity": 1 - 0.25 ** (prune_round / rounds),
-         "val_acc": test_acc + 0.002, "test_acc": test_acc, "train_loss": 1.0 - test_acc, "diverged": False,
-         "wall_seconds": 2.0, "seeds": {}, "artifacts": {},
-         "history": [{"epoch": e, "lr": lr, "train_loss": 2.0 - e * 0.2 * test_acc, "val_acc": test_acc * e / EPOCHS,
-                      "test_acc": test_acc * e / EPOCHS, "diverged": False, "seconds": 0.1}
-                     for e in range(1, EPOCHS + 1)]}
+    history = tuple({"epoch": e, "lr": lr, "train_loss": 2.0 - e * 0.2 * test_acc, "val_acc": test_acc * e / EPOCHS,
+                     "test_acc": test_acc * e / EPOCHS, "diverged": False, "seconds": 0.1}
+                    for e in range(1, EPOCHS + 1))
+    settings = {"dataset": "cifar10", "model": "vgg", "epochs": EPOCHS, "batch_size": 64, "schedule": "cosine",
+                "rounds": rounds, "sparsity": 0.75, "prune_scope": "layerwise"}
+    stages = ()
     if regime == "fine_tune":   # fine-tuning starts from the dense network, trained once and shared
-        r["phases"] = [{"name": "pretrain", "artifact": "train-dense", "sparsity": 0.0,
-                        "history": [{**h, "lr": 0.1} for h in r["history"]]}]
+        stages = (StageRun("pretrain", "train-dense", tuple({**h, "lr": 0.1} for h in history), 0.0),)
+    r = TrialRecord(study, trial_id, TrialSpec(regime, lr, (seed,), phase, condition if phase == "confirm" else None,
+                                               prune_round), settings,
+                    achieved_sparsity=1 - 0.25 ** (prune_round / rounds), val_acc=test_acc + 0.002, test_acc=test_acc,
+                    train_loss=1.0 - test_acc, wall_seconds=2.0, history=history, stages=stages)
     if efficiency:
-        r["method"] = "l1-filter"
-        r["train_epochs"] = TRAIN_EPOCHS.get(regime, 10)
-        r["efficiency"] = dict(EFF)
+        r = r.replace(settings={**settings, "method": "l1-filter"}, train_epochs=TRAIN_EPOCHS.get(regime, 10),
+                      efficiency=Efficiency(**EFF))
     return r
 
 
-def rethinking_records(sweep: bool = False) -> list[dict]:
+def rethinking_records(sweep: bool = False) -> list[TrialRecord]:
     """Search (one seed per LR) and confirmation (condition tuned, 5 seeds) of fine_tune, scratch_e,
     scratch_b: Scratch-E equals fine-tuning within noise, Scratch-B is 2 points ahead."""
     rng = np.random.default_rng(0)
@@ -79,11 +79,11 @@ def rethinking_records(sweep: bool = False) -> list[dict]:
     return recs
 
 
-def write_study(folder: Path, records: list[dict], info: dict | None) -> Path:
+def write_study(folder: Path, records: list[TrialRecord], info: dict | None) -> Path:
     """A study folder as the driver leaves it: study.json, records/, results/*.parquet."""
     (folder / "records").mkdir(parents=True)
     for r in records:
-        (folder / "records" / f"{r['trial_id']}.json").write_text(json.dumps(r))
+        (folder / "records" / f"{r.trial_id}.json").write_text(json.dumps(r.to_json()))
     if info is not None:
         (folder / "study.json").write_text(json.dumps({"name": folder.name, "study_hash": "abc", **info}))
     write_tables(folder)
@@ -123,7 +123,7 @@ def test_labels_and_colours():
     assert [design.label(r) for r in ("fine_tune", "scratch_e", "scratch_b", "lr_rewind", "random_prune")] == \
         ["fine-tune", "Scratch-E", "Scratch-B", "LR rewinding", "random pruning"]
     assert design.label("something_new") == "something_new" and figures.label("scratch_b") == "Scratch-B"
-    known = [figures.color(r) for r in design.REGIME_ORDER]
+    known = [figures.color(r) for r in REGIMES]
     assert len(set(known)) == len(known)
     unknown = [figures.color(f"regime_{i}") for i in range(3)]
     assert len(set(unknown)) == 3 and not set(unknown) & set(known)
@@ -220,7 +220,7 @@ def test_no_contrast_present(tmp_path):
 
 
 def test_search_only_efficiency_falls_back_to_the_search(tmp_path):
-    recs = [r for r in rethinking_records() if r["phase"] == "search"]
+    recs = [r for r in rethinking_records() if r.spec.phase == "search"]
     res = build_report(write_study(tmp_path / "searchonly", recs, {"study_kind": "rethinking"}))
     assert (res["efficiency"]["source"] == "search").all() and list(res["efficiency"]["n"]) == [4, 4, 4]
     md = Path(res["markdown"]).read_text()
@@ -249,9 +249,10 @@ def test_summary_text(tmp_path):
 # ---- figures --------------------------------------------------------------------------------------
 
 def test_figures_for_unknown_regimes_and_sweeps(tmp_path):
-    recs = rethinking_records(sweep=True)
-    for r in recs:   # regimes nobody registered a colour or label for
-        r["regime"] = {"fine_tune": "alpha", "scratch_e": "beta"}.get(r["regime"], r["regime"])
+    import dataclasses
+    rename = {"fine_tune": "alpha", "scratch_e": "beta"}  # regimes nobody registered a colour or label for
+    recs = [r.replace(spec=dataclasses.replace(r.spec, regime=rename.get(r.spec.regime, r.spec.regime)))
+            for r in rethinking_records(sweep=True)]
     study = write_study(tmp_path / "odd", recs, {"study_kind": "other", "contrasts": [["beta", "alpha"]]})
     trials, epochs = read_tables(study)
     assert figures.sweep_regimes(figures.sweep_rows(trials)) == ["alpha", "beta"]   # scratch_b ran no sweep
@@ -270,9 +271,10 @@ def test_figures_for_unknown_regimes_and_sweeps(tmp_path):
 def test_tables_round_trip_the_efficiency_columns(tmp_path):
     new = record("scratch_b", "t-new", 0.1, 1, 0.9)
     old = record("winning_ticket", "t-old", 0.1, 1, 0.8, efficiency=False, study="rethink")
-    partial = {**record("fine_tune", "t-part", 0.1, 1, 0.85, efficiency=False), "method": "slimming",
-               "efficiency": {"flops": 1.5e6, "latency_ms": 2}}
-    none_eff = {**record("scratch_e", "t-none", 0.1, 1, 0.85, efficiency=False), "efficiency": None}
+    partial = record("fine_tune", "t-part", 0.1, 1, 0.85, efficiency=False)
+    partial = partial.replace(settings={**partial.settings, "method": "slimming"},
+                              efficiency=Efficiency(flops=1_500_000, latency_ms=2.0))
+    none_eff = record("scratch_e", "t-none", 0.1, 1, 0.85, efficiency=False)
     trials, epochs = write_tables(tmp_path, [new, old, partial, none_eff])
     assert trials.schema.equals(TRIALS_SCHEMA) and epochs.schema.equals(EPOCHS_SCHEMA)
     back = pq.read_table(tmp_path / "results" / "trials.parquet")
@@ -297,7 +299,7 @@ def test_table_writer_converts_each_record_once_and_writes_what_write_tables_wri
     for r in first[1:]:
         lazy.add(r)
     assert not (tmp_path / "lazy" / "results").exists()  # not yet: at most every every_s seconds
-    redone = {**first[1], "val_acc": 0.5}  # a trial finalised again replaces its rows
+    redone = first[1].replace(val_acc=0.5)  # a trial finalised again replaces its rows
     lazy.add(redone)
     lazy.flush()
     eager = TableWriter(tmp_path / "eager", every_s=0)

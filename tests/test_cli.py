@@ -190,7 +190,7 @@ def test_mlflow_runs(finished_study):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     for c in children:
         assert c.info.status == "FINISHED"
-        assert {"regime", "lr", "seed", "target_sparsity", "model", "dataset"} <= set(c.data.params)
+        assert {"regime", "lr", "seed", "sparsity", "model", "dataset"} <= set(c.data.params)
         assert {"final_val_acc", "final_test_acc", "achieved_sparsity", "val_acc", "pretrain/val_acc"} <= set(c.data.metrics)
         hist = client.get_metric_history(c.info.run_id, "val_acc")
         assert sorted(m.step for m in hist) == [1, 2]

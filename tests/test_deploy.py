@@ -494,7 +494,7 @@ def test_doc_commands_are_found():
 
 
 def test_doc_study_commands_use_existing_flags():
-    from study.options import build_parser
+    from study.cli import build_parser
     parser = build_parser()
     known = {s for a in parser._actions for s in a.option_strings}
     text = DOCS.read_text()

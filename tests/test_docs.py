@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from analysis.tables import EPOCHS_SCHEMA, TRIALS_SCHEMA
-from study.options import build_parser
+from study.cli import build_parser
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

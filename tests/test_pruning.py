@@ -20,7 +20,8 @@ from trainables.methods import (
     selectable,
 )
 from trainables.models import build_model, init_weights
-from trainables.pipeline import Pipeline, PipelineConfig, derive_seed
+from trainables.config import PipelineConfig
+from trainables.pipeline import Pipeline, derive_seed
 from trainables.pruning import (
     full_masks,
     magnitude_score,
@@ -208,19 +209,19 @@ def test_spec_hash_is_stable_across_processes_and_key_order():
 
 @pytest.fixture
 def pipeline(tmp_path, data_dir):
-    cfg = PipelineConfig(data_dir=data_dir, epochs=2, rounds=2, target_sparsity=0.75, rewind_epoch=1)
+    cfg = PipelineConfig().updated(data_dir=data_dir, epochs=2, rounds=2, sparsity=0.75, rewind_epoch=1)
     return Pipeline(cfg, ArtifactStore(tmp_path / "artifacts"))
 
 
 def test_winning_ticket_is_exactly_theta0_times_mask(pipeline):
-    start = REGIMES["winning_ticket"].start(pipeline, 0.05, 0)
+    start = REGIMES["winning_ticket"].make_start(pipeline, 0.05, 0, pipeline.cfg.pruning.rounds)
     theta0 = pipeline.init(0).tensors()
     for name, w in start.weights.items():
         assert torch.equal(w, theta0[name])
     model = pipeline.new_model()
     model.load_state_dict(start.weights)
     from trainables.training import Trainer
-    Trainer(model, pipeline.splits, pipeline.cfg.train_spec(0.05, 0), start.masks)  # applies the mask
+    Trainer(model, pipeline.splits, pipeline.train_spec(0.05, 0), start.masks)  # applies the mask
     params = dict(model.named_parameters())
     for name, m in start.masks.items():
         assert torch.equal(params[name].detach(), theta0[name] * m)
@@ -228,8 +229,8 @@ def test_winning_ticket_is_exactly_theta0_times_mask(pipeline):
 
 
 def test_random_reinit_is_a_fresh_draw_from_the_same_initialiser(pipeline):
-    wt = REGIMES["winning_ticket"].start(pipeline, 0.05, 0)
-    rr = REGIMES["random_reinit"].start(pipeline, 0.05, 0)
+    wt = REGIMES["winning_ticket"].make_start(pipeline, 0.05, 0, pipeline.cfg.pruning.rounds)
+    rr = REGIMES["random_reinit"].make_start(pipeline, 0.05, 0, pipeline.cfg.pruning.rounds)
     assert rr.artifacts["mask"] == wt.artifacts["mask"]  # same mask, one IMP run
     seed = rr.seeds["reinit_seed"]
     assert seed == derive_seed(0, "random_reinit") and seed != 0
@@ -243,12 +244,13 @@ def test_random_reinit_is_a_fresh_draw_from_the_same_initialiser(pipeline):
 
 
 def test_late_rewind_starts_from_theta_k(pipeline):
-    lr = REGIMES["late_rewind"].start(pipeline, 0.05, 0)
+    lr = REGIMES["late_rewind"].make_start(pipeline, 0.05, 0, pipeline.cfg.pruning.rounds)
     theta0 = pipeline.init(0).tensors()
-    theta1 = pipeline.train(pipeline.init(0), None, pipeline.cfg.train_spec(0.05, 0), 1).tensors()
+    rewind = pipeline.train(pipeline.init(0), None, pipeline.train_spec(0.05, 0), 1)
+    theta1 = rewind.tensors()
     for name, w in lr.weights.items():
         assert torch.equal(w, theta1[name]) and not torch.equal(w, theta0[name])
-    assert lr.seeds["rewind_epoch"] == 1
+    assert lr.artifacts["rewind"] == rewind.name  # k = --rewind-epoch 1: the study's setting, in every row
 
 
 def test_artifacts_are_computed_once_and_reused(pipeline, tmp_path):
@@ -266,11 +268,11 @@ def test_artifacts_are_computed_once_and_reused(pipeline, tmp_path):
 
 
 def test_retrain_coupling_shares_one_imp_across_lrs(tmp_path, data_dir):
-    cfg = PipelineConfig(data_dir=data_dir, epochs=1, rounds=1, lr_coupling="retrain", pretrain_lr=0.1)
+    cfg = PipelineConfig().updated(data_dir=data_dir, epochs=1, rounds=1, lr_coupling="retrain", pretrain_lr=0.1)
     p = Pipeline(cfg, ArtifactStore(tmp_path / "a"))
     assert p.imp(0.01, 0).final_mask.name == p.imp(0.3, 0).final_mask.name
 
 
 def test_diverged_pretraining_yields_no_mask(pipeline):
-    start = REGIMES["winning_ticket"].start(pipeline, 1e4, 0)
-    assert start.weights is None and start.diverged_phase == "pretrain"
+    start = REGIMES["winning_ticket"].make_start(pipeline, 1e4, 0, pipeline.cfg.pruning.rounds)
+    assert start.weights is None and start.diverged_stage == "pretrain"

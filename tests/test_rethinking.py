@@ -15,8 +15,10 @@ import torch
 from tests.conftest import ROOT, assert_refused
 from trainables import efficiency as eff
 from trainables.artifacts import ArtifactStore
-from trainables.pipeline import Pipeline, PipelineConfig
-from trainables.regimes import REGIMES, pruned_network, scratch_b_epochs
+from trainables.config import PipelineConfig
+from trainables.pipeline import Pipeline
+from trainables.regimes import REGIMES
+from trainables.starts import pruned_network, scratch_b_epochs
 from trainables.structured import channel_counts
 from trainables.training import Trainer
 
@@ -30,13 +32,13 @@ def one_thread():
 
 
 def pipeline(tmp_path, data_dir, **kw) -> Pipeline:
-    cfg = PipelineConfig(data_dir=data_dir, model="conv1d", epochs=2, lr_coupling="retrain", rounds=1,
-                         method="l1-filter", prune_ratio=0.5, **kw)
+    cfg = PipelineConfig().updated(data_dir=data_dir, model="conv1d", epochs=2, lr_coupling="retrain", rounds=1,
+                                   method="l1-filter", prune_ratio=0.5, **kw)
     return Pipeline(cfg, ArtifactStore(str(tmp_path / "artifacts")))
 
 
 def start(p: Pipeline, regime: str, lr: float = 0.05, seed: int = 0):
-    return REGIMES[regime].start(p, lr, seed, None)
+    return REGIMES[regime].make_start(p, lr, seed, p.cfg.pruning.rounds)
 
 
 def test_scratch_b_budget():
@@ -97,8 +99,8 @@ def test_layer_ratios_and_the_random_control_follow_them(tmp_path, data_dir):
 
 
 def test_magnitude_rethinking_regimes_on_masks(tmp_path, data_dir):
-    p = pipeline(tmp_path, data_dir, target_sparsity=0.75)
-    p = Pipeline(PipelineConfig(**{**p.cfg.__dict__, "method": "magnitude"}), p.store)
+    p = pipeline(tmp_path, data_dir, sparsity=0.75)
+    p = Pipeline(p.cfg.updated(method="magnitude"), p.store)
     pr = pruned_network(p, 0.05, 0)
     ft, sb, rp = start(p, "fine_tune"), start(p, "scratch_b"), start(p, "random_prune")
     trained = pr.trained.tensors()

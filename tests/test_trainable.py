@@ -9,13 +9,19 @@ import time
 import pytest
 
 from trainables.artifacts import ArtifactStore
-from trainables.pipeline import PipelineConfig
+from trainables.config import PipelineConfig
+from trainables.records import TrialSpec
 from trainables.trainable import TrialContext, run_trial
+
+
+def asked(regime: str, lr: float, seed: int) -> dict:
+    """The Tune config of a search trial on the last of the fixture's 2 IMP rounds."""
+    return TrialSpec(regime, lr, (seed,), prune_round=2).as_config()
 
 
 @pytest.fixture
 def ctx(tmp_path, data_dir):
-    cfg = PipelineConfig(data_dir=data_dir, epochs=3, rounds=2, target_sparsity=0.6)
+    cfg = PipelineConfig().updated(data_dir=data_dir, epochs=3, rounds=2, sparsity=0.6)
     return TrialContext("s", str(tmp_path / "study"), cfg)
 
 
@@ -26,20 +32,20 @@ def test_reports_every_epoch_with_a_checkpoint_and_writes_the_record(ctx, tmp_pa
 
     def report(metrics, ckpt):
         reports.append((metrics, ckpt is not None))
-    rec = run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, ctx, "t1", report)
+    rec = run_trial(asked("winning_ticket", 0.05, 0), ctx, "t1", report)
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
     assert [c for _, c in reports] == [True, True, False]  # the finished trial needs no checkpoint
-    assert reports[-1][0]["done"] and reports[-1][0]["val_acc"] == rec["val_acc"]
+    assert reports[-1][0]["done"] and reports[-1][0]["val_acc"] == rec.val_acc
     on_disk = json.loads((tmp_path / "study" / "trial-records" / "t1.json").read_text())
-    assert on_disk["val_acc"] == rec["val_acc"] and len(on_disk["history"]) == 3
-    assert [p["name"] for p in on_disk["phases"]] == ["pretrain", "imp_round_1"]
+    assert on_disk["val_acc"] == rec.val_acc and len(on_disk["history"]) == 3
+    assert [p["name"] for p in on_disk["stages"]] == ["pretrain", "imp_round_1"]
     assert on_disk["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
 
 
 def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
     from dataclasses import replace
     ctx = replace(ctx, checkpoint_every=1)
-    config = {"regime": "random_reinit", "lr": 0.05, "seed": 1}
+    config = asked("random_reinit", 0.05, 1)
     full = run_trial(config, ctx, "full", lambda m, c: None)
     saved = tmp_path / "ckpt"
 
@@ -51,16 +57,16 @@ def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
         run_trial(config, ctx, "again", interrupted)
     epochs = []
     rec = run_trial(config, ctx, "again", lambda m, c: epochs.append(m["epoch"]), str(saved))
-    assert epochs == [2, 3] and rec["resumed_from_epoch"] == 1
-    assert [h["epoch"] for h in rec["history"]] == [1, 2, 3]
-    assert rec["val_acc"] == full["val_acc"] and rec["test_acc"] == full["test_acc"]
+    assert epochs == [2, 3] and rec.resumed_from_epoch == 1
+    assert [h["epoch"] for h in rec.history] == [1, 2, 3]
+    assert rec.val_acc == full.val_acc and rec.test_acc == full.test_acc
 
 
 def test_checkpoint_every_n_epochs(ctx, tmp_path):
     from dataclasses import replace
-    sparse_ctx = replace(ctx, checkpoint_every=2, pipeline=replace(ctx.pipeline, epochs=5))
+    sparse_ctx = replace(ctx, checkpoint_every=2, pipeline=ctx.pipeline.updated(epochs=5))
     flags = []
-    run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, sparse_ctx, "t", lambda m, c: flags.append(c is not None))
+    run_trial(asked("winning_ticket", 0.05, 0), sparse_ctx, "t", lambda m, c: flags.append(c is not None))
     assert flags == [False, True, False, True, False]
 
 
@@ -69,15 +75,15 @@ def test_slow_epochs_are_checkpointed_every_epoch(ctx, monkeypatch):
     import trainables.trainable as tr
     monkeypatch.setattr(tr, "CHECKPOINT_MAX_GAP_S", 0.0)  # every epoch counts as slow
     flags = []
-    run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, replace(ctx, checkpoint_every=10), "t",
+    run_trial(asked("winning_ticket", 0.05, 0), replace(ctx, checkpoint_every=10), "t",
               lambda m, c: flags.append(c is not None))
     assert flags == [True, True, False]
 
 
 def test_diverged_pretraining_ends_the_trial_with_its_accuracy(ctx):
     reports = []
-    rec = run_trial({"regime": "winning_ticket", "lr": 1e4, "seed": 0}, ctx, "d", lambda m, c: reports.append(m))
-    assert rec["diverged"] and rec["diverged_phase"] == "pretrain"
+    rec = run_trial(asked("winning_ticket", 1e4, 0), ctx, "d", lambda m, c: reports.append(m))
+    assert rec.diverged and rec.diverged_stage == "pretrain"
     assert len(reports) == 1 and reports[0]["diverged"] and 0 <= reports[0]["val_acc"] <= 1
 
 
@@ -120,17 +126,17 @@ def test_a_failed_computation_leaves_nothing_behind(tmp_path):
 def test_a_uri_store_shares_artifacts_and_records(tmp_path, data_dir):
     """The object-store code path (no rename, no lock; meta.json last), through a file:// URI."""
     uri = f"file://{tmp_path / 'bucket'}/study"
-    cfg = PipelineConfig(data_dir=data_dir, epochs=2, rounds=2, target_sparsity=0.6)
+    cfg = PipelineConfig().updated(data_dir=data_dir, epochs=2, rounds=2, sparsity=0.6)
     ctx = TrialContext("s", str(tmp_path / "local"), cfg, storage=uri)
-    rec = run_trial({"regime": "winning_ticket", "lr": 0.05, "seed": 0}, ctx, "u1", None)
+    rec = run_trial(asked("winning_ticket", 0.05, 0), ctx, "u1", None)
     store = ArtifactStore(ctx.artifact_root)
     assert not store.storage.local
-    mask = rec["artifacts"]["mask"]
+    mask = rec.artifacts.mask
     assert (tmp_path / "bucket" / "study" / "artifacts" / mask / "meta.json").exists()
     assert (tmp_path / "bucket" / "study" / "trial-records" / "u1.json").exists()
     assert not (tmp_path / "local").exists()  # nothing of the trial's went to the driver's folder
-    again = run_trial({"regime": "random_reinit", "lr": 0.05, "seed": 0}, ctx, "u2", None)
-    assert again["artifacts"]["mask"] == mask  # found in the store, not recomputed
+    again = run_trial(asked("random_reinit", 0.05, 0), ctx, "u2", None)
+    assert again.artifacts.mask == mask  # found in the store, not recomputed
     kind, h = mask.split("-", 1)
     found = [a for a in (tmp_path / "bucket" / "study" / "artifacts").iterdir() if a.name == mask]
     assert len(found) == 1 and json.loads((found[0] / "spec.json").read_text())["kind"] == kind

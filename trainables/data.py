@@ -43,6 +43,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from trainables.config import DATASET_NAMES
 from trainables.storage import atomic_path
 
 
@@ -366,6 +367,11 @@ DATASETS: dict[str, DatasetEntry] = {
     "cifar10": DatasetEntry(_image_loader("cifar10"), 10, (3, 32, 32), augment="crop_flip"),
     "cifar100": DatasetEntry(_image_loader("cifar100"), 100, (3, 32, 32), augment="crop_flip"),
 }
+
+
+# the flags list the data sets without importing this module (trainables.config.DATASET_NAMES)
+if tuple(DATASETS) != DATASET_NAMES:
+    raise ImportError("trainables.config.DATASET_NAMES must name exactly DATASETS, in order")
 
 
 @functools.lru_cache(maxsize=4)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.config import MODEL_NAMES
+
 
 class MLP(nn.Module):
     """Fully connected ReLU net; LeNet-300-100 shape by default (40-300-100-10 on MNIST-1D)."""
@@ -357,6 +359,10 @@ for _d in (20, 56, 110):
         f"CIFAR ResNet-{_d} (He et al. 2016; basic blocks, option-A shortcuts, {_n} blocks per stage); "
         f"--widths are the 3 stage widths, optionally followed by {3 * _n} block-internal (conv1) widths")
 del _n, _d, _head, _src
+
+# the flags list the models without importing this module (trainables.config.MODEL_NAMES)
+if tuple(MODELS) != MODEL_NAMES:
+    raise ImportError("trainables.config.MODEL_NAMES must name exactly MODELS, in order")
 
 INIT_SCHEME = "kaiming_normal_fan_in_relu+zero_bias"
 

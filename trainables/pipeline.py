@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,76 +16,12 @@ from torch import nn
 
 from trainables.artifacts import Artifact, ArtifactStore, save_tensors
 from trainables.data import Splits, load_splits
+from trainables.config import PipelineConfig
+from trainables.methods import get_method
 from trainables.models import INIT_SCHEME, build_model, init_weights
+from trainables.records import StageRun
 from trainables.pruning import full_masks, per_round_fraction, prune_round, sparsity
 from trainables.training import Trainer, TrainSpec
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Study-wide settings of the pipeline (the per-trial LR and seed are passed separately)."""
-
-    dataset: str = "mnist1d"
-    data_dir: str = ""
-    data_seed: int = 42
-    val_fraction: float = 0.2
-    train_subset: int = 0  # train on the first N examples of the training split only (0: all of them)
-    model: str = "mlp"
-    widths: tuple[int, ...] | None = None
-    epochs: int = 20
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    target_sparsity: float = 0.8
-    rounds: int = 5
-    prune_scope: str = "global"
-    prune_layers: tuple[str, ...] | None = None
-    rewind_epoch: int = 1
-    lr_coupling: str = "all"  # "all": the trial LR drives pretraining, IMP and retraining; "retrain"
-    pretrain_lr: float = 0.1  # LR of pretraining and IMP rounds when lr_coupling == "retrain"
-    # how the network is pruned: "magnitude" (masks, IMP above) or a structured method that removes
-    # channels (trainables.structured: "l1-filter", "slimming")
-    method: str = "magnitude"
-    prune_ratio: float = 0.5  # structured: fraction of each prunable layer's channels removed
-    preset: str | None = None  # structured: the paper's per-layer ratios (trainables.structured.PRESETS)
-    layer_ratios: tuple[tuple[str, float], ...] | None = None  # structured: (layer, ratio) overriding prune_ratio
-    slimming_penalty: float = 1e-4  # slimming: L1 strength on BN scales during pretraining
-    fine_tune_epochs: int | None = None  # fine_tune's epochs F (default: epochs)
-    scratch_b_cap: float = 2.0  # scratch_b: at most this many times the epochs of scratch_e
-
-    @property
-    def structured(self) -> bool:
-        return self.method != "magnitude"
-
-    def data_spec(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "data_seed": self.data_seed, "val_fraction": self.val_fraction,
-                **({"train_subset": self.train_subset} if self.train_subset else {})}
-
-    def model_spec(self) -> dict[str, Any]:
-        return {"model": self.model, "widths": list(self.widths) if self.widths else None,
-                "init": INIT_SCHEME, **self.data_spec()}
-
-    def train_spec(self, lr: float, seed: int) -> TrainSpec:
-        return TrainSpec(lr=lr, epochs=self.epochs, batch_size=self.batch_size, momentum=self.momentum,
-                         weight_decay=self.weight_decay, schedule=self.schedule,
-                         warmup_epochs=self.warmup_epochs, seed=seed)
-
-    def pretrain_lr_for(self, trial_lr: float) -> float:
-        return trial_lr if self.lr_coupling == "all" else self.pretrain_lr
-
-    def pretrain_spec(self, trial_lr: float, seed: int) -> TrainSpec:
-        """Pretraining (and IMP rounds): slimming adds its L1 penalty on BN scales."""
-        spec = self.train_spec(self.pretrain_lr_for(trial_lr), seed)
-        return replace(spec, bn_l1=self.slimming_penalty) if self.method == "slimming" else spec
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"] = list(self.widths) if self.widths else None
-        d["prune_layers"] = list(self.prune_layers) if self.prune_layers else None
-        d["layer_ratios"] = [list(x) for x in self.layer_ratios] if self.layer_ratios else None
-        return d
 
 
 def efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], device: torch.device,
@@ -111,16 +47,6 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 
 @dataclass
-class Phase:
-    """A training phase that led to the trial's start point, for the epochs table."""
-
-    name: str
-    artifact: str
-    history: list[dict[str, Any]]
-    sparsity: float
-
-
-@dataclass
 class Pipeline:
     cfg: PipelineConfig
     store: ArtifactStore
@@ -128,25 +54,43 @@ class Pipeline:
 
     @functools.cached_property
     def splits(self) -> Splits:
-        s = load_splits(self.cfg.dataset, self.cfg.data_dir, self.cfg.data_seed, self.cfg.val_fraction,
-                        self.cfg.data_seed)
-        if self.cfg.train_subset:  # the split is already shuffled: its first N examples are a random subset
-            s = replace(s, x_train=s.x_train[:self.cfg.train_subset], y_train=s.y_train[:self.cfg.train_subset])
+        d = self.cfg.data
+        s = load_splits(d.dataset, d.data_dir, d.data_seed, d.val_fraction, d.data_seed)
+        if d.train_subset:  # the split is already shuffled: its first N examples are a random subset
+            s = replace(s, x_train=s.x_train[:d.train_subset], y_train=s.y_train[:d.train_subset])
         return s.to(self.device)
+
+    def train_spec(self, lr: float, seed: int) -> TrainSpec:
+        """A training run of the study's schedule (a regime may change its epochs and schedule)."""
+        t = self.cfg.training
+        return TrainSpec(lr=lr, epochs=t.epochs, batch_size=t.batch_size, momentum=t.momentum,
+                         weight_decay=t.weight_decay, schedule=t.schedule, warmup_epochs=t.warmup_epochs, seed=seed)
+
+    def pretrain_spec(self, trial_lr: float, seed: int) -> TrainSpec:
+        """Pretraining and IMP rounds: a method with a sparsity penalty (slimming) adds its L1 on BN scales."""
+        spec = self.train_spec(self.cfg.training.pretrain_lr_for(trial_lr), seed)
+        p = self.cfg.pruning
+        return replace(spec, bn_l1=p.slimming_penalty) if get_method(p.method).bn_penalty else spec
+
+    def model_spec(self) -> dict[str, Any]:
+        """What determines an initialisation besides its seed (artifact keys)."""
+        m = self.cfg.model
+        return {"model": m.model, "widths": list(m.widths) if m.widths else None, "init": INIT_SCHEME,
+                **self.cfg.data.spec()}
 
     def new_model(self) -> nn.Module:
         s = self.splits
-        return build_model(self.cfg.model, s.input_shape, s.num_classes, self.cfg.widths).to(self.device)
+        return build_model(self.cfg.model.model, s.input_shape, s.num_classes, self.cfg.model.widths).to(self.device)
 
     # -- stages --------------------------------------------------------------------------------
     def init(self, seed: int) -> Artifact:
         """theta_0 (or a random re-initialisation): a seeded draw from the model's initialiser."""
         def compute(tmp):
-            model = init_weights(build_model(self.cfg.model, self.splits.input_shape,
-                                             self.splits.num_classes, self.cfg.widths), seed)
+            model = init_weights(build_model(self.cfg.model.model, self.splits.input_shape,
+                                             self.splits.num_classes, self.cfg.model.widths), seed)
             save_tensors(tmp, model.state_dict())
             return {"seed": seed}
-        return self.store.get_or_create("init", {**self.cfg.model_spec(), "seed": seed}, compute)
+        return self.store.get_or_create("init", {**self.model_spec(), "seed": seed}, compute)
 
     def train(self, start: Artifact, mask: Artifact | None, spec: TrainSpec, stop_epoch: int) -> Artifact:
         """Weights after ``stop_epoch`` epochs of ``spec``'s schedule from ``start`` under ``mask``."""
@@ -159,21 +103,25 @@ class Pipeline:
             diverged = bool(history and history[-1]["diverged"])
             return {"history": history, "diverged": diverged}
         spec_d = {"start": start.name, "mask": mask.name if mask else None, "train": spec.as_dict(),
-                  "stop_epoch": stop_epoch, **self.cfg.data_spec()}
+                  "stop_epoch": stop_epoch, **self.cfg.data.spec()}
         return self.store.get_or_create("train", spec_d, compute)
 
     def prune(self, trained: Artifact, prev: Artifact | None, fraction: float, round_: int) -> Artifact:
-        """The mask after removing ``fraction`` of the weights alive in ``prev`` from ``trained``."""
+        """The mask after removing ``fraction`` of the weights alive in ``prev`` from ``trained``,
+        those of lowest score by the study's unstructured method (magnitude: smallest |w|)."""
+        cfg = self.cfg.pruning
+
         def compute(tmp):
             model = self.new_model()
             model.load_state_dict(trained.tensors())
-            masks = prev.tensors() if prev is not None else full_masks(model, self.cfg.prune_layers)
-            new = prune_round(model, masks, fraction, self.cfg.prune_scope)
+            masks = prev.tensors() if prev is not None else full_masks(model, cfg.prune_layers)
+            new = prune_round(model, masks, fraction, cfg.prune_scope, cfg.method)
             save_tensors(tmp, new)
             overall, per_layer = sparsity(new)
             return {"round": round_, "sparsity": overall, "layer_sparsity": per_layer}
         spec_d = {"trained": trained.name, "prev": prev.name if prev else None, "fraction": fraction,
-                  "scope": self.cfg.prune_scope, "layers": list(self.cfg.prune_layers or []) or None}
+                  "scope": cfg.prune_scope, "layers": list(cfg.prune_layers or []) or None,
+                  **({"method": cfg.method} if cfg.method != "magnitude" else {})}  # magnitude's keys as before
         return self.store.get_or_create("mask", spec_d, compute)
 
     def mask_efficiency(self, mask: Artifact) -> dict[str, Any]:
@@ -185,21 +133,22 @@ class Pipeline:
         return self.store.get_or_create("efficiency", {"mask": mask.name}, compute).meta["efficiency"]
 
     def prune_channels(self, weights: Artifact, method: str, seed: int = 0,
-                       exact: dict[str, float] | None = None) -> Artifact:
+                       counts: dict[str, int] | None = None) -> Artifact:
         """The structured-pruned network of ``weights``: channels physically removed by ``method``
         (``trainables.structured``), the survivors keeping their values; its meta holds what rebuilds
         the architecture and the dense and pruned networks' parameters, FLOPs and latency.  The
-        study's ratios apply (``--prune-ratio``, ``--layer-ratios``, ``--preset``) unless ``exact``
-        gives every pruned layer's ratio (the random control copies another network's counts)."""
+        study's ratios apply (``--prune-ratio``, ``--layer-ratios``, ``--preset``) unless ``counts``
+        gives every layer's kept channels exactly (the random control copies another network's)."""
         from trainables.structured import StructuredSpec, prune_structured, pruned_state
-        cfg = self.cfg
-        if exact is not None:
-            ratio, layer_ratios, preset = 0.0, dict(exact), None
-        elif method == "slimming":  # one global threshold: no per-layer ratios
+        cfg = self.cfg.pruning
+        if counts is not None:
+            ratio, layer_ratios, preset = 0.0, None, None
+        elif get_method(method).allocation == "global":  # one threshold over all layers: no per-layer ratios
             ratio, layer_ratios, preset = cfg.prune_ratio, None, None
         else:
             ratio, layer_ratios, preset = cfg.prune_ratio, dict(cfg.layer_ratios or ()) or None, cfg.preset
-        spec = StructuredSpec(method, ratio=ratio, layer_ratios=layer_ratios, preset=preset, seed=seed)
+        spec = StructuredSpec(method, ratio=ratio, layer_ratios=layer_ratios, preset=preset, seed=seed,
+                              counts=dict(counts) if counts is not None else None)
 
         def compute(tmp):
             model = self.new_model()
@@ -209,8 +158,9 @@ class Pipeline:
             state = pruned_state(pruned)
             save_tensors(tmp, state.pop("state_dict"))
             return {**state, "efficiency": efficiency(model, pruned, self.splits.input_shape, self.device)}
-        key = {"weights": weights.name, "method": method, "ratio": None if preset else ratio,
-               "preset": preset, "layer_ratios": layer_ratios, "seed": seed if method == "random-channel" else None}
+        key = {"weights": weights.name, "method": method, "ratio": None if preset or counts is not None else ratio,
+               "preset": preset, "layer_ratios": layer_ratios, "seed": seed if method == "random-channel" else None,
+               **({"counts": dict(counts)} if counts is not None else {})}
         return self.store.get_or_create("arch", key, compute)
 
     def restore(self, arch: Artifact) -> nn.Module:
@@ -227,17 +177,17 @@ class Pipeline:
         pretrained weights); the last mask is not trained here: that is the regime's own training.
         A diverged training ends the chain: there are no meaningful magnitudes to prune by.
         """
-        cfg = self.cfg
-        spec = cfg.pretrain_spec(lr, seed)
+        cfg, epochs = self.cfg.pruning, self.cfg.training.epochs
+        spec = self.pretrain_spec(lr, seed)
         theta0 = self.init(seed)
-        dense = self.train(theta0, None, spec, cfg.epochs)
-        phases = [Phase("pretrain", dense.name, dense.meta["history"], 0.0)]
-        result = ImpResult(theta0=theta0, rewind=theta0, pretrained=dense, masks=[], phases=phases, trained=[])
+        dense = self.train(theta0, None, spec, epochs)
+        stages = [StageRun("pretrain", dense.name, tuple(dense.meta["history"]), 0.0)]
+        result = ImpResult(theta0=theta0, rewind=theta0, pretrained=dense, masks=[], stages=stages, trained=[])
         if dense.meta["diverged"]:
             return result
         if rewind_epoch > 0:
             result.rewind = self.train(theta0, None, spec, rewind_epoch)
-        fraction = per_round_fraction(cfg.target_sparsity, cfg.rounds)
+        fraction = per_round_fraction(cfg.sparsity, cfg.rounds)
         trained, mask = dense, None
         for r in range(1, cfg.rounds + 1):
             mask = self.prune(trained, mask, fraction, r)
@@ -245,8 +195,9 @@ class Pipeline:
             result.trained.append(trained)  # theta_E of round r: the weights mask r was chosen from
             if r == cfg.rounds:
                 break
-            trained = self.train(result.rewind, mask, spec, cfg.epochs)
-            phases.append(Phase(f"imp_round_{r}", trained.name, trained.meta["history"], mask.meta["sparsity"]))
+            trained = self.train(result.rewind, mask, spec, epochs)
+            stages.append(StageRun(f"imp_round_{r}", trained.name, tuple(trained.meta["history"]),
+                                   mask.meta["sparsity"]))
             if trained.meta["diverged"]:
                 break
         return result
@@ -258,7 +209,7 @@ class ImpResult:
     rewind: Artifact
     pretrained: Artifact
     masks: list[Artifact]
-    phases: list[Phase]
+    stages: list[StageRun]
     trained: list[Artifact]  # trained[r-1]: the trained weights mask r was chosen from
 
     @property

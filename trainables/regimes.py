@@ -1,215 +1,122 @@
-"""Retraining regimes: where the final sparse network's weights start.  One entry per regime.
+"""The retraining regimes and what each carries: one registry entry per regime.
 
-A regime turns (pipeline, trial LR, trial seed[, IMP round]) into a ``Start``: the initial weights, the mask,
-the artifacts it came from and the training phases that produced them.  Adding a regime is one
-function plus one ``REGIMES`` entry.
+An entry names the function that makes the regime's start point (``trainables.starts``: the initial
+weights and mask or the pruned network, from cached artifacts), and what the rest of the platform
+needs to know about it: its readable label and colour, what it needs (a magnitude mask, or any pruned
+network), the LR range its search covers, whether the sparsity sweep covers it, and the regimes it is
+contrasted with.  The option checks, the confirmation's plan, the analysis and the figures read this
+registry and keep no lists of their own.  Nothing heavy is imported here (``--help`` lists the
+regimes without loading torch); the start functions are resolved when a trial runs.
+
+A new regime is one start function plus one ``register_regime`` call::
+
+    from trainables.regimes import Regime, register_regime
+    def my_regime(pipeline, lr, seed, prune_round):  # -> trainables.starts.Start
+        ...
+    register_regime(Regime("my_regime", my_regime, "my regime", "what it does"))
+
+and ``--plugins my_module`` makes the study (and every trial) import the module that registers it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
-from torch import nn
-
-from trainables.artifacts import Artifact
-from trainables.pipeline import ImpResult, Phase, Pipeline, derive_seed
-from trainables.pruning import random_masks_like, sparsity
-
-
-@dataclass
-class Start:
-    weights: dict[str, torch.Tensor] | None  # None when the pipeline diverged before a mask existed
-    masks: dict[str, torch.Tensor] | None
-    phases: list[Phase]
-    artifacts: dict[str, str]
-    seeds: dict[str, int] = field(default_factory=dict)
-    diverged_phase: str | None = None
-    model: nn.Module | None = None  # a structured-pruned network (its weights in it), else build one
-    train: dict[str, Any] = field(default_factory=dict)  # the regime's own TrainSpec changes (epochs, schedule)
-    efficiency: dict[str, Any] = field(default_factory=dict)  # params, FLOPs, latency: dense and pruned
-
-    @property
-    def ready(self) -> bool:
-        return self.weights is not None or self.model is not None
-
-    @property
-    def sparsity(self) -> tuple[float, dict[str, float]]:
-        if self.masks:
-            return sparsity(self.masks)
-        if self.efficiency.get("dense_params"):  # structured: the share of parameters removed
-            return 1.0 - self.efficiency["params"] / self.efficiency["dense_params"], {}
-        return 0.0, {}
-
-
-def _from_imp(imp: ImpResult, weights_from, seeds: dict[str, int] | None, prune_round: int) -> Start:
-    """The start point on the mask of IMP round ``prune_round``; none if IMP diverged before it."""
-    arts = {"init": imp.theta0.name, "pretrained": imp.pretrained.name}
-    r = prune_round
-    if r < 1 or r > len(imp.masks):
-        return Start(None, None, imp.phases, arts, seeds or {}, diverged_phase=imp.phases[-1].name)
-    mask = imp.masks[r - 1]
-    arts["mask"] = mask.name
-    arts["rewind"] = imp.rewind.name
-    weights, extra = weights_from(imp)
-    arts.update(extra)
-    # the phases that led to this mask: pretraining and the rounds before r
-    return Start(weights, mask.tensors(), imp.phases[:r], arts, seeds or {})
-
-
-def winning_ticket(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """theta_0 * m: the survivors reset to their original initial values."""
-    return _from_imp(p.imp(lr, seed), lambda imp: (imp.theta0.tensors(), {}), None, prune_round or p.cfg.rounds)
-
-
-def random_reinit(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """A fresh seeded draw from the same initialiser, same mask as the winning ticket."""
-    reinit_seed = derive_seed(seed, "random_reinit")
-
-    def weights(imp: ImpResult):
-        art = p.init(reinit_seed)
-        return art.tensors(), {"reinit": art.name}
-    return _from_imp(p.imp(lr, seed), weights, {"reinit_seed": reinit_seed}, prune_round or p.cfg.rounds)
-
-
-def late_rewind(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """theta_k * m, with IMP itself rewinding to epoch k (Frankle et al., 2019)."""
-    k = p.cfg.rewind_epoch
-    return _from_imp(p.imp(lr, seed, rewind_epoch=k), lambda imp: (imp.rewind.tensors(), {}),
-                     {"rewind_epoch": k}, prune_round or p.cfg.rounds)
-
-
-# -- the rethinking regimes (Liu et al., 2019): what to do with a pruned network ----------------
-# Each works on a magnitude mask (the IMP of the pipeline, the round given) and on a structured-pruned
-# network whose channels are gone (``--method l1-filter`` / ``slimming``) alike.
-
-@dataclass
-class Pruned:
-    """The pruned network a rethinking regime starts from: a mask or a smaller architecture."""
-
-    theta0: Artifact
-    trained: Artifact | None  # theta_E: the trained weights the pruning chose from
-    phases: list[Phase]
-    artifacts: dict[str, str]
-    mask: Artifact | None = None  # method "magnitude"
-    arch: Artifact | None = None  # structured methods
-    diverged_phase: str | None = None
-
-
-def pruned_network(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Pruned:
-    cfg = p.cfg
-    if not cfg.structured:
-        imp = p.imp(lr, seed)
-        r = prune_round or cfg.rounds
-        arts = {"init": imp.theta0.name, "pretrained": imp.pretrained.name}
-        if r < 1 or r > len(imp.masks):
-            return Pruned(imp.theta0, None, imp.phases, arts, diverged_phase=imp.phases[-1].name)
-        arts.update(mask=imp.masks[r - 1].name, trained=imp.trained[r - 1].name)
-        return Pruned(imp.theta0, imp.trained[r - 1], imp.phases[:r], arts, mask=imp.masks[r - 1])
-    theta0 = p.init(seed)
-    dense = p.train(theta0, None, cfg.pretrain_spec(lr, seed), cfg.epochs)
-    phases = [Phase("pretrain", dense.name, dense.meta["history"], 0.0)]
-    arts = {"init": theta0.name, "pretrained": dense.name}
-    if dense.meta["diverged"]:
-        return Pruned(theta0, None, phases, arts, diverged_phase="pretrain")
-    arch = p.prune_channels(dense, cfg.method)
-    arts["arch"] = arch.name
-    return Pruned(theta0, dense, phases, arts, arch=arch)
-
-
-def _begin(p: Pipeline, pr: Pruned, weights: str, seeds: dict[str, int], train: dict[str, Any]) -> Start:
-    """The regime's start on ``pr``: ``weights`` "trained" (theta_E), or "reinit" (a fresh draw,
-    seed ``seeds['reinit_seed']``) on the pruned network."""
-    if pr.trained is None:
-        return Start(None, None, pr.phases, pr.artifacts, seeds, diverged_phase=pr.diverged_phase)
-    if pr.mask is not None:
-        masks = pr.mask.tensors()
-        arts = dict(pr.artifacts)
-        if weights == "trained":
-            w = pr.trained.tensors()
-        else:
-            art = p.init(seeds["reinit_seed"])
-            w, arts["reinit"] = art.tensors(), art.name
-        return Start(w, masks, pr.phases, arts, seeds, train=train, efficiency=p.mask_efficiency(pr.mask))
-    from trainables.structured import reinitialise
-    model = p.restore(pr.arch)
-    if weights == "reinit":
-        model = reinitialise(model, seeds["reinit_seed"])
-    return Start(None, None, pr.phases, pr.artifacts, seeds, model=model, train=train,
-                 efficiency=pr.arch.meta["efficiency"])
-
-
-def fine_tune(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """theta_E on the pruned network, fine-tuned at a small constant LR for F epochs."""
-    epochs = p.cfg.fine_tune_epochs or p.cfg.epochs
-    return _begin(p, pruned_network(p, lr, seed, prune_round), "trained", {},
-                  {"epochs": epochs, "schedule": "constant", "warmup_epochs": 0})
-
-
-def lr_rewind(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """theta_E on the pruned network, retrained with the original LR schedule replayed (Renda et al., 2020)."""
-    return _begin(p, pruned_network(p, lr, seed, prune_round), "trained", {}, {})
-
-
-def scratch_e(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """The pruned network from a fresh random initialisation, trained for the dense network's E epochs."""
-    reinit = derive_seed(seed, "scratch")
-    return _begin(p, pruned_network(p, lr, seed, prune_round), "reinit", {"reinit_seed": reinit}, {})
-
-
-def scratch_b_epochs(epochs: int, dense_flops: float, pruned_flops: float, cap: float) -> int:
-    """Scratch-B's budget: as many FLOPs of training as the dense network's E epochs, i.e.
-    E * FLOPs(dense) / FLOPs(pruned), at most ``cap`` * E (and never fewer than E)."""
-    ratio = min(cap, dense_flops / pruned_flops) if pruned_flops > 0 else cap
-    return max(epochs, int(round(epochs * ratio)))
-
-
-def scratch_b(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """As scratch_e (the same fresh draw), for E * FLOPs(dense)/FLOPs(pruned) epochs (capped)."""
-    start = scratch_e(p, lr, seed, prune_round)
-    eff = start.efficiency
-    if start.ready:
-        start.train = {"epochs": scratch_b_epochs(p.cfg.epochs, eff["dense_flops"], eff["flops"], p.cfg.scratch_b_cap)}
-    return start
-
-
-def random_prune(p: Pipeline, lr: float, seed: int, prune_round: int | None = None) -> Start:
-    """The control: a random pruning of theta_0 with the same per-layer survivors (weights) or
-    channels as the method's, trained for E epochs."""
-    pr = pruned_network(p, lr, seed, prune_round)
-    rseed = derive_seed(seed, "random_prune")
-    seeds = {"random_prune_seed": rseed}
-    if pr.trained is None:
-        return Start(None, None, pr.phases, pr.artifacts, seeds, diverged_phase=pr.diverged_phase)
-    if pr.mask is not None:
-        masks = random_masks_like(pr.mask.tensors(), rseed)  # the same survivors per layer: same efficiency
-        return Start(pr.theta0.tensors(), masks, pr.phases, pr.artifacts, seeds, efficiency=p.mask_efficiency(pr.mask))
-    from trainables.structured import channel_counts
-    dense, kept = channel_counts(p.new_model()), pr.arch.meta["channels"]
-    # the same number of channels per layer (half a channel of slack: the pruner floors n * (1 - ratio))
-    ratios = {n: 1.0 - (kept[n] + 0.5) / dense[n] for n in kept if kept[n] < dense[n]}
-    arch = p.prune_channels(pr.theta0, "random-channel", rseed, exact=ratios)
-    return Start(None, None, pr.phases, {**pr.artifacts, "random_arch": arch.name}, seeds,
-                 model=p.restore(arch), efficiency=arch.meta["efficiency"])
+NEEDS = ("mask", "pruned")  # a magnitude mask (theta_0 * m and kin), or any pruned network
 
 
 @dataclass(frozen=True)
 class Regime:
     name: str
-    start: Callable[..., Start]  # (pipeline, lr, seed, prune_round=None) -> Start
-    description: str
+    start: Callable[..., Any] | str  # (pipeline, lr, seed, prune_round) -> Start, or "module:function"
+    label: str  # readable name in the report, the figures and the summary
+    description: str  # one line for --help
+    needs: str = "pruned"  # "mask": --method magnitude only (it works on IMP's masks)
+    lr_range: tuple[str, str] | None = None  # the search settings of its own LR range (default: --lr-min/--lr-max)
+    sweep: bool = False  # the confirmation's sparsity sweep runs it at every IMP round's mask
+    versus: tuple[str, ...] = ()  # contrasts (this regime's advantage over each of these) where both ran
+    reported_versus: tuple[str, ...] = ()  # contrasts the report adds where both ran, never listed as missing
+    color: str | None = None  # its colour in the figures (None: the next of a cycle no entry uses)
+
+    def make_start(self, pipeline, lr: float, seed: int, prune_round: int):
+        fn = self.start
+        if isinstance(fn, str):
+            module, _, attr = fn.partition(":")
+            fn = getattr(importlib.import_module(module), attr)
+        return fn(pipeline, lr, seed, prune_round)
 
 
-REGIMES: dict[str, Regime] = {r.name: r for r in [
-    Regime("winning_ticket", winning_ticket, "theta_0 * m (lottery ticket rewinding to initialisation)"),
-    Regime("random_reinit", random_reinit, "fresh seeded draw from the same initialiser * m"),
-    Regime("late_rewind", late_rewind, "theta_k * m, IMP rewinding to epoch k (--rewind-epoch)"),
-    Regime("fine_tune", fine_tune, "theta_E on the pruned network, constant LR for F epochs (--fine-tune-epochs)"),
-    Regime("lr_rewind", lr_rewind, "theta_E on the pruned network, the original LR schedule replayed"),
-    Regime("scratch_e", scratch_e, "the pruned network from a fresh init, E epochs"),
-    Regime("scratch_b", scratch_b, "the pruned network from a fresh init, E * FLOPs(dense)/FLOPs(pruned) "
-                                   "epochs (at most --scratch-b-cap * E)"),
-    Regime("random_prune", random_prune, "control: random pruning of theta_0 with the same per-layer survivors, E epochs"),
-]}
+REGIMES: dict[str, Regime] = {}
 
-DEFAULT_REGIMES = ("winning_ticket", "random_reinit")
+
+def register_regime(regime: Regime) -> Regime:
+    """Add ``regime`` to the registry (after the built-ins, in the order registered)."""
+    if regime.name in REGIMES:
+        raise ValueError(f"a regime named {regime.name!r} is registered already")
+    if not regime.name.isidentifier():
+        raise ValueError(f"a regime's name must be an identifier (got {regime.name!r})")
+    if regime.needs not in NEEDS:
+        raise ValueError(f"{regime.name}: needs must be one of {', '.join(NEEDS)} (got {regime.needs!r})")
+    if not (callable(regime.start) or (isinstance(regime.start, str) and ":" in regime.start)):
+        raise ValueError(f"{regime.name}: start must be a function or 'module:function'")
+    REGIMES[regime.name] = regime
+    return regime
+
+
+def get_regime(name: str) -> Regime:
+    try:
+        return REGIMES[name]
+    except KeyError:
+        raise KeyError(f"unknown regime {name!r}; registered: {', '.join(REGIMES)}") from None
+
+
+def contrasts_for(regimes: tuple[str, ...] | list[str], reported: bool = False) -> list[tuple[str, str]]:
+    """The contrasts (a, b) among ``regimes``: a's test-accuracy advantage over b, in registry order;
+    with ``reported``, also the ones the report adds where both ran."""
+    have = set(regimes)
+    out = []
+    for r in REGIMES.values():
+        others = r.versus + (r.reported_versus if reported else ())
+        out += [(r.name, b) for b in others if r.name in have and b in have]
+    return out
+
+
+def label(regime: str) -> str:
+    """The readable name of a regime (its id when it has none)."""
+    return REGIMES[regime].label if regime in REGIMES else str(regime)
+
+
+def sort_regimes(regimes) -> list[str]:
+    """Registered regimes in registry order, then the others sorted."""
+    order = list(REGIMES)
+    regs = list(dict.fromkeys(regimes))
+    return sorted(regs, key=lambda r: (order.index(r) if r in order else len(order), str(r)))
+
+
+_S = "trainables.starts:"
+for _r in (
+    Regime("winning_ticket", _S + "winning_ticket", "winning ticket",
+           "theta_0 * m (lottery ticket rewinding to initialisation)", needs="mask", sweep=True,
+           versus=("random_reinit",), color="#1f77b4"),
+    Regime("random_reinit", _S + "random_reinit", "random re-init", "fresh seeded draw from the same initialiser * m",
+           needs="mask", sweep=True, color="#d62728"),
+    Regime("late_rewind", _S + "late_rewind", "late rewind",
+           "theta_k * m, IMP rewinding to epoch k (--rewind-epoch)", needs="mask",
+           reported_versus=("random_reinit",), color="#2ca02c"),
+    Regime("fine_tune", _S + "fine_tune", "fine-tune",
+           "theta_E on the pruned network, constant LR for F epochs (--fine-tune-epochs)",
+           lr_range=("fine_tune_lr_min", "fine_tune_lr_max"), color="#ff7f0e"),
+    Regime("scratch_e", _S + "scratch_e", "Scratch-E", "the pruned network from a fresh init, E epochs",
+           versus=("fine_tune",), color="#9467bd"),
+    Regime("scratch_b", _S + "scratch_b", "Scratch-B",
+           "the pruned network from a fresh init, E * FLOPs(dense)/FLOPs(pruned) epochs (at most --scratch-b-cap * E)",
+           versus=("fine_tune",), color="#8c564b"),
+    Regime("lr_rewind", _S + "lr_rewind", "LR rewinding",
+           "theta_E on the pruned network, the original LR schedule replayed", versus=("fine_tune",), color="#17becf"),
+    Regime("random_prune", _S + "random_prune", "random pruning",
+           "control: random pruning of theta_0 with the same per-layer survivors, E epochs",
+           versus=("scratch_e",), color="#7f7f7f"),
+):
+    register_regime(_r)
+del _r, _S

@@ -1,12 +1,14 @@
-"""The Ray Tune function trainable of the lottery study.
+"""The Ray Tune function trainable of every study: one trial of one retraining regime.
 
-A trial obtains its start point from its regime (shared artifacts: theta_0, pretraining, IMP
-masks), then trains the sparse network, reporting every epoch with ``ray.tune.report`` and a
-checkpoint so that an interrupted trial resumes at its last epoch.  Before its last report it
-writes a trial record (JSON, atomically) that the driver turns into MLflow runs and Parquet rows.
+A trial (``TrialSpec``: regime, LR, seed, phase, IMP round) obtains its start point from its regime
+(shared artifacts: theta_0, pretraining, IMP masks or the pruned network), then trains the sparse
+network, reporting every epoch with ``ray.tune.report`` and a checkpoint so that an interrupted trial
+resumes at its last epoch.  Before its last report it writes its ``TrialRecord`` (JSON, atomically)
+that the driver turns into an MLflow run and Parquet rows.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import tempfile
@@ -18,8 +20,10 @@ from typing import Any
 import torch
 
 from trainables.artifacts import ArtifactStore
-from trainables.pipeline import Pipeline, PipelineConfig
-from trainables.regimes import REGIMES
+from trainables.config import PipelineConfig
+from trainables.pipeline import Pipeline
+from trainables.records import Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec
+from trainables.regimes import get_regime
 from trainables.storage import Storage
 from trainables.training import Trainer, TrainState
 
@@ -43,6 +47,7 @@ class TrialContext:
     gpus_per_trial: float = 0.0
     checkpoint_every: int = 5  # epochs; and at least every CHECKPOINT_MAX_GAP_S seconds
     storage: str = ""  # shared location of artifacts, records and Tune state (default: study_dir)
+    plugins: tuple[str, ...] = ()  # modules that register regimes and pruning methods (--plugins)
 
     @property
     def shared(self) -> Storage:
@@ -58,18 +63,12 @@ class TrialContext:
         return self.shared.join(TRIAL_RECORDS, f"{trial_id}.json")
 
 
-def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
-    """The trial's settings: a search trial's config itself; a confirmation trial's ``spec`` entry
-    (confirmation trials come from ``tune.grid_search`` over a list of such dicts)."""
-    return config["spec"] if "spec" in config else config
-
-
 def _device(ctx: TrialContext) -> torch.device:
     return torch.device("cuda" if ctx.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
 
-def _write_record(ctx: TrialContext, trial_id: str, record: dict[str, Any]) -> None:
-    ctx.shared.write_text(ctx.record_location(trial_id), json.dumps(record, default=float))
+def _write_record(ctx: TrialContext, record: TrialRecord) -> None:
+    ctx.shared.write_text(ctx.record_location(record.trial_id), json.dumps(record.to_json()))
 
 
 def _metrics(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def _metrics(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
-              report=None, checkpoint_dir: str | None = None) -> dict[str, Any]:
+              report=None, checkpoint_dir: str | None = None) -> TrialRecord:
     """One trial: start point from the regime, then the sparse network's training.
 
     ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune).
@@ -87,57 +86,51 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     """
     started = time.time()
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
-    config = trial_spec(config)
-    regime = REGIMES[config["regime"]]
-    lr, seed = float(config["lr"]), int(config["seed"])
-    prune_round = int(config.get("prune_round") or ctx.pipeline.rounds)
+    for module in ctx.plugins:
+        importlib.import_module(module)
+    spec = TrialSpec.from_config(config)
     pipe = Pipeline(ctx.pipeline, ArtifactStore(ctx.artifact_root), _device(ctx))
-    start = regime.start(pipe, lr, seed, prune_round)
+    start = get_regime(spec.regime).make_start(pipe, spec.lr, spec.seed, spec.prune_round)
     overall, per_layer = start.sparsity
-    record: dict[str, Any] = {
-        "study": ctx.study, "trial_id": trial_id, "regime": regime.name, "phase": config.get("phase", "search"),
-        "condition": config.get("condition"), "prune_round": prune_round, "lr": lr, "seed": seed, "config": {k: v for k, v in config.items()}, "seeds": start.seeds,
-        "artifacts": start.artifacts, "achieved_sparsity": overall, "layer_sparsity": per_layer,
-        "pipeline": ctx.pipeline.as_dict(),
-        "phases": [asdict(p) for p in start.phases], "history": [], "diverged": False,
-        "diverged_phase": start.diverged_phase, "started_at": started,
-        "method": ctx.pipeline.method, "efficiency": start.efficiency,
-    }
+    record = TrialRecord(
+        study=ctx.study, trial_id=trial_id, spec=spec, settings=ctx.pipeline.flat(),
+        seeds=DerivedSeeds(**start.seeds), artifacts=Artifacts(**start.artifacts),
+        efficiency=Efficiency(**start.efficiency), stages=tuple(start.stages), achieved_sparsity=overall,
+        layer_sparsity=per_layer, diverged_stage=start.diverged_stage, started_at=started)
     if not start.ready:  # diverged before the sparse network existed: report it as it is
-        last = start.phases[-1].history[-1]
-        record.update(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
-                      train_loss=float("nan"), wall_seconds=time.time() - started, finished_at=time.time())
-        _write_record(ctx, trial_id, record)
+        last = start.stages[-1].history[-1]
+        record = record.replace(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
+                                train_loss=float("nan"), wall_seconds=time.time() - started, finished_at=time.time())
+        _write_record(ctx, record)
         if report:
-            report(_metrics(last, phase_diverged=start.diverged_phase, sparsity=overall, done=True), None)
+            report(_metrics(last, diverged_stage=start.diverged_stage, sparsity=overall, done=True), None)
         return record
 
     model = start.model.to(pipe.device) if start.model is not None else pipe.new_model()
     if start.weights is not None:
         model.load_state_dict(start.weights)
-    spec = replace(ctx.pipeline.train_spec(lr, seed), **start.train)  # the regime's epochs and schedule
-    record["train_epochs"] = spec.epochs
-    trainer = Trainer(model, pipe.splits, spec, start.masks)
+    train = replace(pipe.train_spec(spec.lr, spec.seed), **start.train)  # the regime's epochs and schedule
+    record = record.replace(train_epochs=train.epochs)
+    trainer = Trainer(model, pipe.splits, train, start.masks)
     history: list[dict[str, Any]] = []
     if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
         saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
         trainer.load_state(TrainState(**saved["state"]))
         history = saved["history"]
-        record["resumed_from_epoch"] = trainer.epoch
+        record = record.replace(resumed_from_epoch=trainer.epoch)
 
-    total = spec.epochs
     last_checkpoint = time.monotonic()
     done = False
     while not done:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
         rec = trainer.run_epoch()
         history.append(rec)
-        done = rec["diverged"] or trainer.epoch >= total
+        done = rec["diverged"] or trainer.epoch >= train.epochs
         if done:  # the record goes out before the last report: the trial counts as finished after it
-            record.update(history=history, diverged=rec["diverged"],
-                          diverged_phase="final" if rec["diverged"] else None, val_acc=rec["val_acc"],
-                          test_acc=rec["test_acc"], train_loss=rec["train_loss"],
-                          wall_seconds=time.time() - started, finished_at=time.time())
-            _write_record(ctx, trial_id, record)
+            record = record.replace(history=tuple(history), diverged=rec["diverged"],
+                                    diverged_stage="final" if rec["diverged"] else None, val_acc=rec["val_acc"],
+                                    test_acc=rec["test_acc"], train_loss=rec["train_loss"],
+                                    wall_seconds=time.time() - started, finished_at=time.time())
+            _write_record(ctx, record)
         due = trainer.epoch % ctx.checkpoint_every == 0 or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S
         if report and (done or not due):
             report(_metrics(rec, sparsity=overall, done=done), None)  # a finished trial needs no checkpoint
@@ -149,8 +142,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     return record
 
 
-def lottery_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Ray Tune entry point (wrap with ``tune.with_parameters(lottery_trainable, ctx=...)``)."""
+def regime_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Ray Tune entry point (wrap with ``tune.with_parameters(regime_trial, ctx=...)``)."""
     from ray import tune
 
     def report(metrics: dict[str, Any], ckpt_dir: str | None) -> None:

@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.config import SCHEDULES
 from trainables.data import Splits, batches
-
-SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,197 @@
+"""What a trial is asked (``TrialSpec``) and what it produced (``TrialRecord``).
+
+The trainable writes a ``TrialRecord`` as JSON; the driver adds its status, MLflow run, Optuna trial
+and hashes, and turns it into an MLflow child run and Parquet rows.  The JSON, the MLflow params
+and metrics and the trials table's columns all come from these fields:
+
+- a *phase* is where a trial belongs in the study: ``search`` or ``confirm``;
+- a *stage* is a training run inside a trial: ``pretrain``, ``imp_round_<r>``, ``final``;
+- a *condition* is how a confirmation trial's LR was chosen: ``tuned``, ``fixed_small``, ``fixed_large``.
+
+Only the standard library is imported here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+PHASES = ("search", "confirm")
+CONDITIONS = ("tuned", "fixed_small", "fixed_large")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a trial is asked to train."""
+
+    regime: str
+    lr: float
+    seeds: tuple[int, ...]  # one seed for now; several seeds of one configuration may share a trial later
+    phase: str = "search"
+    condition: str | None = None  # confirm trials only
+    prune_round: int = 1  # the IMP round whose mask (or pruned network) the regime starts from
+    optuna_trial: int | None = None  # search trials only: the Optuna trial that suggested the LR
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES} (got {self.phase!r})")
+        if self.condition is not None and self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS} (got {self.condition!r})")
+        if len(self.seeds) != 1:
+            raise ValueError(f"a trial trains one seed for now (got {self.seeds})")
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+    @property
+    def group(self) -> str:
+        """Progress group: the regime in the search, ``<regime>/confirm`` in the confirmation."""
+        return self.regime if self.phase == "search" else f"{self.regime}/confirm"
+
+    def as_config(self) -> dict[str, Any]:
+        """The Ray Tune config that asks for this trial (plain values, JSON-ready)."""
+        return {"spec": {**dataclasses.asdict(self), "seeds": list(self.seeds)}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "TrialSpec":
+        """From a Tune config: ``{"spec": {...}}`` (a grid of specs, the search's constants), with the
+        search's sampled ``lr`` and ``optuna_trial`` beside it."""
+        d = dict(config["spec"])
+        for key in ("lr", "optuna_trial"):
+            if key in config:
+                d[key] = config[key]
+        d["seeds"] = tuple(d["seeds"])
+        d["lr"] = float(d["lr"])
+        return cls(**d)
+
+    def result_key(self) -> dict[str, Any]:
+        """What determines the trial's result (not which Optuna trial asked for it)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "optuna_trial"}
+
+
+@dataclass(frozen=True)
+class DerivedSeeds:
+    """Seeds a regime derives from the trial seed (recorded)."""
+
+    reinit_seed: int | None = None
+    random_prune_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Names of the cached pipeline artifacts the trial's start point came from."""
+
+    init: str | None = None
+    pretrained: str | None = None
+    mask: str | None = None
+    rewind: str | None = None
+    reinit: str | None = None
+    trained: str | None = None
+    arch: str | None = None
+    random_arch: str | None = None
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """The pruned network against the dense one: parameters, forward FLOPs per example, median
+    inference latency (batch of 256)."""
+
+    params: int | None = None
+    dense_params: int | None = None
+    flops: int | None = None
+    dense_flops: int | None = None
+    latency_ms: float | None = None
+    dense_latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """A training stage that led to the trial's start point (pretrain, imp_round_<r>), for the
+    epochs table."""
+
+    name: str
+    artifact: str | None
+    history: tuple[dict[str, Any], ...]
+    sparsity: float
+
+
+def metric(name: str | None = None) -> dict[str, Any]:
+    """Field metadata: the field is an MLflow metric of the trial's run (under ``name``)."""
+    return {"metric": name}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a trial produced; the driver fills in the last four fields."""
+
+    study: str
+    trial_id: str
+    spec: TrialSpec
+    settings: dict[str, Any]  # the study's pipeline settings (trainables.config.PipelineConfig.flat)
+    status: str = "completed"  # or "error"
+    seeds: DerivedSeeds = DerivedSeeds()
+    artifacts: Artifacts = Artifacts()
+    efficiency: Efficiency = Efficiency()
+    stages: tuple[StageRun, ...] = ()
+    history: tuple[dict[str, Any], ...] = ()  # the final stage's epochs
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+    achieved_sparsity: float | None = field(default=None, metadata=metric())
+    train_epochs: int | None = field(default=None, metadata=metric())  # epochs of the regime's own training
+    val_acc: float | None = field(default=None, metadata=metric("final_val_acc"))
+    test_acc: float | None = field(default=None, metadata=metric("final_test_acc"))
+    train_loss: float | None = None
+    diverged: bool = field(default=False, metadata=metric())
+    diverged_stage: str | None = None
+    resumed_from_epoch: int | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    wall_seconds: float | None = field(default=None, metadata=metric())
+    mlflow_run_id: str | None = None
+    optuna_study: str | None = None
+    study_hash: str | None = None
+    trial_hash: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    def replace(self, **changes: Any) -> "TrialRecord":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TrialRecord":
+        d = dict(d)
+        d["spec"] = TrialSpec(**{**d["spec"], "seeds": tuple(d["spec"]["seeds"])})
+        d["seeds"] = DerivedSeeds(**d.get("seeds") or {})
+        d["artifacts"] = Artifacts(**d.get("artifacts") or {})
+        d["efficiency"] = Efficiency(**d.get("efficiency") or {})
+        d["stages"] = tuple(StageRun(**{**s, "history": tuple(s["history"])}) for s in d.get("stages") or ())
+        d["history"] = tuple(d.get("history") or ())
+        return cls(**d)
+
+    def metrics(self) -> dict[str, float]:
+        """The run's final metrics: the fields marked ``metric`` and the efficiency figures."""
+        out = {}
+        for f in fields(self):
+            if "metric" in f.metadata:
+                v = getattr(self, f.name)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    out[f.metadata["metric"] or f.name] = float(v)
+        out.update({k: float(v) for k, v in dataclasses.asdict(self.efficiency).items() if v is not None})
+        return out
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else x
+    return x
