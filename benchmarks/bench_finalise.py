@@ -17,7 +17,6 @@ their ratios (same process, same record).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import tempfile
@@ -28,21 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def one_record(tmp: Path) -> dict:
+def one_record(tmp: Path):
+    from trainables.config import PipelineConfig
     from trainables.data import load_splits
-    from trainables.pipeline import PipelineConfig
+    from trainables.records import TrialSpec
     from trainables.trainable import TrialContext, run_trial
     data = tmp / "data"
     load_splits("mnist1d", str(data), 42, 0.2, 42)
-    ctx = TrialContext("bench", str(tmp / "study"), PipelineConfig(data_dir=str(data)))
-    return run_trial({"regime": "winning_ticket", "lr": 0.1, "seed": 0}, ctx, "t0")
+    cfg = PipelineConfig().updated(data_dir=str(data))
+    ctx = TrialContext("bench", str(tmp / "study"), cfg)
+    return run_trial(TrialSpec("winning_ticket", 0.1, (0,), prune_round=cfg.pruning.rounds).as_config(), ctx, "t0")
 
 
-def per_trial_costs(add, record: dict, n: int) -> list[float]:
+def per_trial_costs(add, record, n: int) -> list[float]:
     costs = []
     for i in range(n):
-        r = copy.copy(record)
-        r["trial_id"] = f"t{i:06d}"
+        r = record.replace(trial_id=f"t{i:06d}")
         start = time.perf_counter()
         add(r)
         costs.append(time.perf_counter() - start)
@@ -58,12 +58,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         record = one_record(tmp)
-        print(f"record: {len(record.get('history', []))} final epochs, "
-              f"{sum(len(ph['history']) for ph in record.get('phases', []))} pretraining/IMP epochs")
+        print(f"record: {len(record.history)} final epochs, "
+              f"{sum(len(st.history) for st in record.stages)} pretraining/IMP epochs")
 
-        records: list[dict] = []
+        records: list = []
 
-        def rewrite_all(r: dict) -> None:
+        def rewrite_all(r) -> None:
             records.append(r)
             write_tables(tmp / "baseline", records)
         base = per_trial_costs(rewrite_all, record, a.baseline_trials)

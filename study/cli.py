@@ -103,7 +103,7 @@ def add_flags(group, part, f: Field) -> None:
             group.add_argument(flag(f.name), dest=f.name, action="store_true", default=argparse.SUPPRESS,
                                help=help_text)
         return
-    if default is not None and "default" not in help_text:
+    if default not in (None, ()) and "default" not in help_text:
         help_text += f" (default: {_shown(default)})"
     group.add_argument(flag(f.name), dest=f.name, type=_reader(f), default=argparse.SUPPRESS,
                        metavar=f.metadata.get("metavar"), help=help_text.replace("%", "%%"))

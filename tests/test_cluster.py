@@ -355,7 +355,7 @@ def test_trial_survives_loss_of_its_node(tmp_path, ray_env, data_dir, monkeypatc
     resumed = {}
     for t in trials["trial_id"]:
         rec = json.loads((study / "records" / f"{t}.json").read_text())
-        if "resumed_from_epoch" in rec:
+        if rec["resumed_from_epoch"] is not None:
             resumed[t] = rec["resumed_from_epoch"]
     assert list(resumed) == [hit_id], (hit_id, resumed, out[-3000:])  # only the interrupted trial restarted
     assert 0 < resumed[hit_id] < epochs, resumed

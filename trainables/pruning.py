@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from trainables.config import SCOPES  # the study's --prune-scope: the allocation of unstructured methods
 from trainables.methods import get_method, score_function
 from trainables.models import prunable_layers
 
-SCOPES = ("global", "layerwise")  # the study's --prune-scope: the allocation of unstructured methods
 
 
 def magnitude_score(weight: torch.Tensor) -> torch.Tensor:

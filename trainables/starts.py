@@ -44,7 +44,7 @@ class Start:
         return 0.0, {}
 
 
-def _from_imp(imp: ImpResult, weights_from, seeds: dict[str, int] | None, prune_round: int) -> Start:
+def on_imp_mask(imp: ImpResult, weights_from, seeds: dict[str, int] | None, prune_round: int) -> Start:
     """The start point on the mask of IMP round ``prune_round``; none if IMP diverged before it."""
     arts = {"init": imp.theta0.name, "pretrained": imp.pretrained.name}
     r = prune_round
@@ -61,7 +61,7 @@ def _from_imp(imp: ImpResult, weights_from, seeds: dict[str, int] | None, prune_
 
 def winning_ticket(p: Pipeline, lr: float, seed: int, prune_round: int) -> Start:
     """theta_0 * m: the survivors reset to their original initial values."""
-    return _from_imp(p.imp(lr, seed), lambda imp: (imp.theta0.tensors(), {}), None, prune_round)
+    return on_imp_mask(p.imp(lr, seed), lambda imp: (imp.theta0.tensors(), {}), None, prune_round)
 
 
 def random_reinit(p: Pipeline, lr: float, seed: int, prune_round: int) -> Start:
@@ -71,13 +71,13 @@ def random_reinit(p: Pipeline, lr: float, seed: int, prune_round: int) -> Start:
     def weights(imp: ImpResult):
         art = p.init(reinit_seed)
         return art.tensors(), {"reinit": art.name}
-    return _from_imp(p.imp(lr, seed), weights, {"reinit_seed": reinit_seed}, prune_round)
+    return on_imp_mask(p.imp(lr, seed), weights, {"reinit_seed": reinit_seed}, prune_round)
 
 
 def late_rewind(p: Pipeline, lr: float, seed: int, prune_round: int) -> Start:
     """theta_k * m, with IMP itself rewinding to epoch k (Frankle et al., 2019)."""
     k = p.cfg.pruning.rewind_epoch
-    return _from_imp(p.imp(lr, seed, rewind_epoch=k), lambda imp: (imp.rewind.tensors(), {}), None, prune_round)
+    return on_imp_mask(p.imp(lr, seed, rewind_epoch=k), lambda imp: (imp.rewind.tensors(), {}), None, prune_round)
 
 
 # -- the rethinking regimes (Liu et al., 2019): what to do with a pruned network ----------------

@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from trainables import methods as registry
+from trainables.config import PRESET_NAMES
 from trainables.methods import LayerContext, PruningMethod, score_function
 
 STATE_FORMAT = "structured-channels-v1"
@@ -303,6 +304,9 @@ PRESETS: dict[str, Preset] = {
                           {"params": 0.324, "flops": 0.386},
                           _resnet_rule(18, (36, 38, 74), (0.5, 0.4, 0.3))),
 }
+# the flags list the presets without importing this module (trainables.config.PRESET_NAMES)
+if tuple(PRESETS) != PRESET_NAMES:
+    raise ImportError("trainables.config.PRESET_NAMES must name exactly PRESETS, in order")
 
 
 def preset_layer_ratios(preset: str, model: nn.Module) -> dict[str, float]:
