@@ -32,8 +32,8 @@ class BadFlag(Exception):
         super().__init__(f"{flag} {message}")
 
 
-def check_model_fits_data(model: str, widths: tuple[int, ...] | None, dataset: str) -> None:
-    """One forward pass of a zero batch of the data set's shape through the model."""
+def check_model_fits_data(model: str, widths: tuple[int, ...] | None, dataset: str):
+    """One forward pass of a zero batch of the data set's shape through the model; returns the model."""
     import torch
 
     from trainables.data import DATASETS
@@ -51,6 +51,7 @@ def check_model_fits_data(model: str, widths: tuple[int, ...] | None, dataset: s
         shape = "x".join(map(str, entry.input_shape))
         raise BadFlag("--model", f"{model} does not fit --dataset {dataset} (inputs {shape}, "
                                  f"{entry.num_classes} classes): {why}")
+    return net
 
 
 def check_local_resources(num_cpus: int | None, cpus_per_trial: float, gpus_per_trial: float) -> None:
@@ -200,11 +201,10 @@ def check_pipeline(pipe) -> None:
 
     from trainables.data import DATASETS
     from trainables.methods import get_method
-    from trainables.models import build_model, prunable_layers
+    from trainables.models import prunable_layers
     m, p = pipe.model, pipe.pruning
-    check_model_fits_data(m.model, m.widths, pipe.data.dataset)
+    model = check_model_fits_data(m.model, m.widths, pipe.data.dataset)
     entry = DATASETS[pipe.data.dataset]
-    model = build_model(m.model, entry.input_shape, entry.num_classes, m.widths)
     if p.prune_layers is not None:
         known = prunable_layers(model)
         unknown = [n for n in p.prune_layers if n not in known]

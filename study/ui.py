@@ -204,9 +204,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be between 1 and 65535, or 0 for a free one (got {args.port})")
     info = read_study_info(study_dir)
-    name = info.get("name") or info["args"]["name"]
+    execution = info.get("config", {}).get("execution", {})
+    name = info.get("name") or execution.get("name")
     store = study_dir / ("optuna.db" if args.optuna else "mlflow.db")
-    mlflow_uri = info["args"].get("mlflow_uri")
+    mlflow_uri = execution.get("mlflow_uri")
     if not args.optuna and mlflow_uri:
         print(f"Study {name!r} logged to the MLflow server {mlflow_uri}: open it there "
               f"(experiment {name!r}).", file=out)
