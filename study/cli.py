@@ -93,15 +93,10 @@ def add_flags(group, part, f: Field) -> None:
     choices = choices_of(type(part), f.name)
     if choices:
         help_text += f", from: {', '.join(choices)}" if isinstance(default, tuple) else f", one of: {', '.join(choices)}"
-    if str(f.type) == "bool":
-        help_text = help_text.replace("%", "%%")
-        # the flag turns the field's class default around (a preset may already have done so)
-        if type(part)().__getattribute__(f.name):
-            group.add_argument(flag(f"no_{f.name}"), dest=f.name, action="store_false", default=argparse.SUPPRESS,
-                               help=help_text)
-        else:
-            group.add_argument(flag(f.name), dest=f.name, action="store_true", default=argparse.SUPPRESS,
-                               help=help_text)
+    if str(f.type) == "bool":  # the flag turns the field's own default around (a preset may have done so)
+        name, action = (f"no_{f.name}", "store_false") if f.default else (f.name, "store_true")
+        group.add_argument(flag(name), dest=f.name, action=action, default=argparse.SUPPRESS,
+                           help=help_text.replace("%", "%%"))
         return
     if default not in (None, ()) and "default" not in help_text:
         help_text += f" (default: {_shown(default)})"

@@ -184,8 +184,10 @@ class StudyConfig(Settings):
 
     def check(self) -> None:
         """Every section's own rules, then those that span sections."""
-        for name in self.SECTIONS:
-            getattr(self, name).check()
+        self.search.check()
+        self.confirmation.check()
+        self.pipeline.check()
+        self.execution.check()
         p = self.pruning
         if "late_rewind" in self.regimes:
             require(0 <= p.rewind_epoch < self.training.epochs, "rewind_epoch",
