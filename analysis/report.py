@@ -76,14 +76,15 @@ def _ci(lo, hi, f=_num) -> str:
 
 def verdict_lines(comparisons: pd.DataFrame) -> list[str]:
     """One plain-language line per condition and contrast: the condition, the pair (by label) and
-    their LRs, the verdict and its sentence.  Rows without ``a``/``b`` columns are the lottery pair."""
+    their LRs, the verdict and its sentence, and what the comparison could have detected.  Rows without ``a``/``b`` columns are the lottery pair."""
     lines = []
     if comparisons is None or not len(comparisons):
         return lines
     for _, r in comparisons.iterrows():
         a, b = r.get("a", A), r.get("b", B)
+        reach = f" {r['reach']}" if isinstance(r.get("reach"), str) and r.get("reach") else ""
         lines.append(f"{r['condition']}: {figures.label(a)} at LR {_lr(r['lr_a'])} vs {figures.label(b)} at LR "
-                     f"{_lr(r['lr_b'])} -> verdict: {r['verdict']}. {r['sentence']}")
+                     f"{_lr(r['lr_b'])} -> verdict: {r['verdict']}. {r['sentence']}{reach}")
     return lines
 
 

@@ -24,7 +24,9 @@ _ZERO_SE = 1e-12  # a standard error at or below this counts as zero variance
 
 SUMMARY_COLUMNS = ["condition", "regime", "lr", "n", "mean", "sd", "low", "high"]
 COMPARE_COLUMNS = ["condition", "lr_a", "lr_b", "n_a", "n_b", "paired", "diff", "low", "high",
-                   "p_difference", "p_equivalence", "margin", "verdict", "sentence"]
+                   "p_difference", "p_equivalence", "margin", "verdict", "sentence", "detectable", "half_width",
+                   "reach"]
+POWER = 0.8  # the power at which the smallest detectable advantage is stated
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class Comparison:
     margin: float
     verdict: str
     sentence: str
+    detectable: float = math.nan  # smallest |a - b| the test finds with POWER at the observed spread
+    half_width: float = math.nan  # of the confidence interval, against the equivalence margin
+    reach: str = ""  # both in a sentence, and the seeds an interval within the margin would take
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -170,7 +175,26 @@ def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
     else:
         verdict = "inconclusive"
     sentence = _sentence(verdict, names, diff, low, high, p_diff, p_eq, margin, alpha)
-    return Comparison(n_a, n_b, paired, diff, low, high, p_diff, p_eq, margin, verdict, sentence)
+    detectable, half, reach = _reach(se, df, n_a, low, high, margin, alpha)
+    return Comparison(n_a, n_b, paired, diff, low, high, p_diff, p_eq, margin, verdict, sentence,
+                      detectable, half, reach)
+
+
+def _reach(se: float, df: float, n: int, low: float, high: float, margin: float,
+           alpha: float) -> tuple[float, float, str]:
+    """What the comparison could detect: the smallest difference a two-sided t test at ``alpha``
+    finds with ``POWER`` at this standard error, (t_{1-alpha/2} + t_{POWER}) * se; the interval's
+    half-width against the margin; and about how many seeds (per side) would bring the half-width
+    under the margin (the half-width shrinks as 1/sqrt(n))."""
+    half = (high - low) / 2
+    if not se > _ZERO_SE or not math.isfinite(df):
+        return 0.0, half, f"Detectable: any difference (no spread between seeds); interval +-{_pts(half, 1)} points."
+    detectable = float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(POWER, df)) * se)
+    seeds = "" if half < margin else \
+        f"; about {math.ceil(n * (half / margin) ** 2)} seeds would bring it within the margin"
+    return detectable, half, (f"Detectable with {n} seeds: {_pts(detectable, 1)} points ({100 * POWER:g}% power at the "
+                              f"observed spread); interval +-{_pts(half, 1)} points against the +-{_pts(margin, 1)}-point "
+                              f"margin{seeds}.")
 
 
 def confirm_rows(trials: pd.DataFrame) -> pd.DataFrame:
@@ -245,7 +269,8 @@ def compare_regimes(trials: pd.DataFrame, a: str = "winning_ticket", b: str = "r
         out.append({"condition": cond, "lr_a": _lr(ra["lr"]), "lr_b": _lr(rb["lr"]), "n_a": c.n_a,
                     "n_b": c.n_b, "paired": c.paired, "diff": c.diff, "low": c.low, "high": c.high,
                     "p_difference": c.p_difference, "p_equivalence": c.p_equivalence,
-                    "margin": c.margin, "verdict": c.verdict, "sentence": c.sentence})
+                    "margin": c.margin, "verdict": c.verdict, "sentence": c.sentence, "detectable": c.detectable,
+                    "half_width": c.half_width, "reach": c.reach})
     return pd.DataFrame(out, columns=COMPARE_COLUMNS)
 
 

@@ -200,3 +200,17 @@ def test_missing_regime_gives_empty_frame():
     res = compare_regimes(t, a="winning_ticket", b="late_rewind")
     assert res.empty and "verdict" in res.columns and "p_equivalence" in res.columns
     assert compare_regimes(t.iloc[:0]).empty
+
+
+def test_each_comparison_says_what_it_could_detect():
+    d = np.array([0.01, 0.03, -0.02, 0.04, 0.00])  # paired differences, 5 seeds
+    b = np.full(5, 0.7)
+    c = compare_arrays(b + d, b, paired=True, margin_points=1.0)
+    se = d.std(ddof=1) / np.sqrt(5)
+    assert c.detectable == pytest.approx((stats.t.ppf(0.975, 4) + stats.t.ppf(0.8, 4)) * se)
+    assert c.half_width == pytest.approx((c.high - c.low) / 2)
+    need = int(np.ceil(5 * (c.half_width / 0.01) ** 2))  # the interval is wider than the margin here
+    assert c.verdict == "inconclusive" and f"about {need} seeds would bring it within the margin" in c.reach
+    assert c.reach.startswith(f"Detectable with 5 seeds: {100 * c.detectable:.1f} points (80% power")
+    tight = compare_arrays(b + d / 20, b, paired=True, margin_points=1.0)  # an interval inside the margin
+    assert "seeds would bring" not in tight.reach and tight.detectable < c.detectable
