@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from analysis import design  # noqa: E402
-from analysis.stats import confirm_rows, mean_interval  # noqa: E402
+from analysis.stats import confirm_rows, mean_interval, only_picked  # noqa: E402
 from trainables.regimes import REGIMES  # noqa: E402
 from trainables.storage import atomic_path  # noqa: E402
 
@@ -58,7 +58,7 @@ def search_rows(trials: pd.DataFrame) -> pd.DataFrame:
 
 def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """Confirm rows of condition ``tuned`` at every pruning round (the sweep plus the final round)."""
-    t = trials[(trials["phase"] == "confirm") & (trials["condition"] == "tuned")]
+    t = only_picked(trials[(trials["phase"] == "confirm") & (trials["condition"] == "tuned")])
     return t[t["prune_round"].notna()]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import design, figures
-from analysis.stats import DEFAULT_MARGIN_POINTS, compare_contrasts, confirm_rows, summarize
+from analysis.stats import DEFAULT_MARGIN_POINTS, candidates, compare_contrasts, confirm_rows, summarize
 from analysis.summary import best_per_regime, efficiency, si, times
 from trainables.storage import atomic_path
 
@@ -74,17 +74,31 @@ def _ci(lo, hi, f=_num) -> str:
     return f"[{f(lo)}, {f(hi)}]"
 
 
-def verdict_lines(comparisons: pd.DataFrame) -> list[str]:
+def _runners_up(cand: pd.DataFrame | None, regime: str) -> str:
+    """The candidate LRs a regime's tuned LR was picked from, with their mean validation accuracy."""
+    if cand is None or not len(cand):
+        return ""
+    g = cand[(cand["regime"] == regime) & ~cand["picked"]]
+    return ", ".join(f"{_lr(r['lr'])} (val {_num(r['val_mean'])})" for _, r in g.iterrows())
+
+
+def verdict_lines(comparisons: pd.DataFrame, cand: pd.DataFrame | None = None) -> list[str]:
     """One plain-language line per condition and contrast: the condition, the pair (by label) and
-    their LRs, the verdict and its sentence, and what the comparison could have detected.  Rows without ``a``/``b`` columns are the lottery pair."""
+    their LRs (tuned: with the runner-up candidate LRs, ``analysis.stats.candidates``), the verdict
+    and its sentence, and what the comparison could have detected.  Rows without ``a``/``b``
+    columns are the lottery pair."""
     lines = []
     if comparisons is None or not len(comparisons):
         return lines
     for _, r in comparisons.iterrows():
         a, b = r.get("a", A), r.get("b", B)
         reach = f" {r['reach']}" if isinstance(r.get("reach"), str) and r.get("reach") else ""
+        runners = ""
+        if r["condition"] == "tuned":
+            others = [f"{figures.label(x)} {o}" for x in (a, b) if (o := _runners_up(cand, x))]
+            runners = f" (runners-up: {'; '.join(others)})" if others else ""
         lines.append(f"{r['condition']}: {figures.label(a)} at LR {_lr(r['lr_a'])} vs {figures.label(b)} at LR "
-                     f"{_lr(r['lr_b'])} -> verdict: {r['verdict']}. {r['sentence']}{reach}")
+                     f"{_lr(r['lr_b'])}{runners} -> verdict: {r['verdict']}. {r['sentence']}{reach}")
     return lines
 
 
@@ -245,7 +259,7 @@ def _efficiency_blocks(eff: pd.DataFrame) -> list:
 def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
                  contrasts: list[tuple[str, str]] | None = None, study_kind: str | None = None) -> dict:
     """Rebuild ``<study>/report/``; return {"markdown", "html", "figures", "skipped", "verdicts",
-    "verdict_lines", "summary", "search", "efficiency", "study_kind", "contrasts", "missing_contrasts"}.
+    "verdict_lines", "candidates", "summary", "search", "efficiency", "study_kind", "contrasts", "missing_contrasts"}.
     ``contrasts`` and ``study_kind`` default to the study's ``study.json`` (``analysis.design``).
     Raises ReportError on bad input, before writing anything."""
     try:
@@ -268,7 +282,8 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
     summary = summarize(confirm) if len(confirm) else pd.DataFrame()
     comp = comparisons(confirm, margin_points, pairs, kind) if len(confirm) else pd.DataFrame()
     missing = design.split_present(pairs, confirm["regime"].dropna())[1] if len(confirm) else []
-    lines = verdict_lines(comp)
+    cand = candidates(trials)
+    lines = verdict_lines(comp, cand)
     search = best_per_regime(figures.search_rows(trials))
     eff = efficiency(trials)
 
@@ -306,6 +321,16 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
                    ("table", ["condition", "regime", "LR", "n", "mean", "sd", "95% CI"],
                     [[r["condition"], r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["mean"]), _num(r["sd"]),
                       _ci(r["low"], r["high"])] for _, r in summary.iterrows()])]
+    if len(cand):
+        blocks += [("h2", "Tuned LR: the candidates on the fresh seeds"),
+                   ("p", "Each regime's best search LRs, each trained on every fresh seed; the tuned LR (picked) "
+                         "is the one of highest mean validation accuracy, and its test accuracy is what the "
+                         "verdicts compare. Overlapping intervals mean a flat top: the choice among them matters "
+                         "little."),
+                   ("table", ["regime", "LR", "n", "val acc (mean)", "95% CI", "test acc (mean)", "95% CI", "picked"],
+                    [[r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["val_mean"]), _ci(r["val_low"], r["val_high"]),
+                      _num(r["test_mean"]), _ci(r["test_low"], r["test_high"]), "yes" if r["picked"] else ""]
+                     for _, r in cand.iterrows()])]
     if len(comp):
         blocks += [("h2", "Comparison (first regime minus second, test accuracy points)"),
                    ("table", ["condition", "regimes", "LRs", "n", "paired", "diff (points)", "95% CI (points)",
@@ -317,8 +342,10 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
     blocks += _efficiency_blocks(eff)
     blocks += [("h2", "LR search (one seed per LR; best LR chosen on validation accuracy)")]
     if len(search):
-        blocks.append(("table", ["regime", "trials", "completed", "diverged", "best LR", "val acc", "test acc"],
-                       [[r["regime"], int(r["trials"]), int(r["completed"]), int(r["diverged"]), _lr(r["best_lr"]),
+        blocks.append(("table", ["regime", "trials", "completed", "distinct LRs", "diverged", "best LR", "val acc",
+                                 "test acc"],
+                       [[r["regime"], int(r["trials"]), int(r["completed"]), int(r["lrs"]), int(r["diverged"]),
+                         _lr(r["best_lr"]),
                          _num(r["best_val_acc"]), _num(r["test_acc"])] for _, r in search.iterrows()]))
     else:
         blocks.append(("p", "No search trials in this study."))
@@ -337,7 +364,7 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
     _write(md_path, _md(blocks, kind))
     _write(html_path, _html(blocks, title, fig_dir, kind))
     return {"markdown": md_path, "html": html_path, "figures": paths, "skipped": skipped, "verdicts": comp,
-            "verdict_lines": lines, "summary": summary, "search": search, "efficiency": eff, "study_kind": kind,
+            "verdict_lines": lines, "candidates": cand, "summary": summary, "search": search, "efficiency": eff, "study_kind": kind,
             "contrasts": pairs, "missing_contrasts": missing}
 
 

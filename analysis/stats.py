@@ -197,12 +197,60 @@ def _reach(se: float, df: float, n: int, low: float, high: float, margin: float,
                               f"margin{seeds}.")
 
 
+def _final_round(trials: pd.DataFrame) -> pd.Series:
+    final = (trials["prune_round"] == trials["rounds"]) | trials["prune_round"].isna()
+    return final.fillna(False).astype(bool)
+
+
+CANDIDATE_COLUMNS = ["regime", "lr", "n", "val_mean", "val_low", "val_high", "test_mean", "test_low", "test_high",
+                     "picked"]
+
+
+def candidates(trials: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """The tuned condition's candidate LRs (each regime's best search LRs, trained on the fresh
+    seeds): per regime and LR, the mean validation and test accuracy over the seeds with their t
+    intervals; ``picked`` marks each regime's LR of highest mean validation accuracy (the tuned
+    LR; ties go to the smaller LR)."""
+    done = (trials["phase"] == "confirm") & (trials["status"] == "completed") & (trials["condition"] == "tuned")
+    rows = trials[done.fillna(False).astype(bool) & _final_round(trials)]
+    out = []
+    for regime in sort_regimes(pd.unique(rows["regime"])):
+        g = rows[rows["regime"] == regime]
+        for lr in sorted(pd.unique(g["lr"])):
+            at = g[g["lr"] == lr]
+            val = at["val_acc"] if "val_acc" in at else pd.Series(math.nan, index=at.index)  # tables made by hand
+            v, t = mean_interval(val, confidence), mean_interval(at["test_acc"], confidence)
+            out.append({"regime": regime, "lr": float(lr), "n": v.n, "val_mean": v.mean, "val_low": v.low,
+                        "val_high": v.high, "test_mean": t.mean, "test_low": t.low, "test_high": t.high,
+                        "picked": False})
+    table = pd.DataFrame(out, columns=CANDIDATE_COLUMNS)
+    for regime in pd.unique(table["regime"]):
+        g = table[(table["regime"] == regime) & table["val_mean"].notna()]
+        if len(g):
+            table.loc[g["val_mean"].idxmax(), "picked"] = True  # idxmax: the first (smallest LR) of ties
+    return table
+
+
+def picked_lrs(trials: pd.DataFrame) -> dict[str, float]:
+    """Each regime's tuned LR: its candidate of highest mean validation accuracy over the fresh seeds."""
+    c = candidates(trials)
+    return {r["regime"]: r["lr"] for _, r in c[c["picked"]].iterrows()}
+
+
+def only_picked(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` without the tuned condition's candidates that were not picked (all rounds)."""
+    picks = picked_lrs(trials)
+    tuned = (trials["phase"] == "confirm") & (trials["condition"] == "tuned")
+    other = trials["regime"].map(picks).pipe(lambda p: p.notna() & (trials["lr"] != p))
+    return trials[~(tuned.fillna(False).astype(bool) & other)]
+
+
 def confirm_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """Completed confirmation runs at the final pruning round (``prune_round == rounds``, or a null
-    ``prune_round``: a trial that names no round is not part of a sweep)."""
-    final = (trials["prune_round"] == trials["rounds"]) | trials["prune_round"].isna()
-    keep = (trials["phase"] == "confirm") & (trials["status"] == "completed") & final
-    return trials[keep.fillna(False).astype(bool)]
+    ``prune_round``: a trial that names no round is not part of a sweep); of the tuned condition,
+    only each regime's picked candidate LR (``candidates``)."""
+    keep = (trials["phase"] == "confirm") & (trials["status"] == "completed") & _final_round(trials)
+    return only_picked(trials[keep.fillna(False).astype(bool)])
 
 
 def _lr(lrs: pd.Series) -> float:

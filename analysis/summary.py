@@ -19,18 +19,21 @@ def read_tables(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def best_per_regime(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per regime: trials run, diverged, best LR by validation accuracy, val/test accuracy there."""
+    """Per regime: trials run, completed, diverged, distinct LRs among the completed (a repeated LR is
+    answered from its first result, not trained again), best LR by validation accuracy, val/test
+    accuracy there."""
     rows = []
     for regime in sort_regimes(trials["regime"].unique()):
         g = trials[trials["regime"] == regime]
         ok = g[(g["status"] == "completed") & g["val_acc"].notna()]
-        row = {"regime": regime, "trials": len(g), "completed": len(ok), "diverged": int(g["diverged"].sum()),
+        row = {"regime": regime, "trials": len(g), "completed": len(ok), "lrs": int(ok["lr"].nunique()),
+               "diverged": int(g["diverged"].sum()),
                "best_lr": math.nan, "best_val_acc": math.nan, "test_acc": math.nan, "trial_id": None}
         if len(ok):
             b = ok.loc[ok["val_acc"].idxmax()]
             row.update(best_lr=b["lr"], best_val_acc=b["val_acc"], test_acc=b["test_acc"], trial_id=b["trial_id"])
         rows.append(row)
-    return pd.DataFrame(rows, columns=["regime", "trials", "completed", "diverged", "best_lr", "best_val_acc",
+    return pd.DataFrame(rows, columns=["regime", "trials", "completed", "lrs", "diverged", "best_lr", "best_val_acc",
                                        "test_acc", "trial_id"])
 
 
@@ -195,10 +198,12 @@ def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: flo
     trials = trials[trials["phase"] == "search"]
     best = best_per_regime(trials)
     lines += ["Search: each regime at its own best learning rate (chosen on validation accuracy):", ""]
-    lines.append(f"{'regime':<16} {'best lr':>9} {'val acc':>8} {'test acc':>8} {'trials':>7} {'diverged':>8}")
+    lines.append(f"{'regime':<16} {'best lr':>9} {'val acc':>8} {'test acc':>8} {'trials':>7} {'LRs':>5} "
+                 f"{'diverged':>8}")
     for _, r in best.iterrows():
         lines.append(f"{r['regime']:<16} {_fmt(r['best_lr'], '.3g'):>9} {_fmt(r['best_val_acc']):>8} "
-                     f"{_fmt(r['test_acc']):>8} {r['trials']:>7} {r['diverged']:>8}")
+                     f"{_fmt(r['test_acc']):>8} {r['trials']:>7} {r['lrs']:>5} {r['diverged']:>8}")
+    lines += ["(LRs: distinct learning rates trained; a repeated suggestion is answered from its first result)"]
     shown = 0
     for a, b in (DEFAULT_CONTRASTS[LOTTERY] if contrasts is None else contrasts):
         adv = advantage(trials, best, a, b)

@@ -100,7 +100,8 @@ class Progress:
         else:
             what = (f"val {record.val_acc:.4f} test {record.test_acc:.4f} "
                     f"sparsity {record.achieved_sparsity or 0:.3f}"
-                    + (f" DIVERGED ({record.diverged_stage})" if record.diverged else ""))
+                    + (f" DIVERGED ({record.diverged_stage})" if record.diverged else "")
+                    + (f" (trained before by {record.reused_from})" if record.reused_from else ""))
         best = ", ".join(f"{r} {v:.4f}@{lr:.3g}" for r, (v, lr) in self.best.items())
         self.last_line = time.time()
         where = f"lr {spec.lr:.3g}"

@@ -72,10 +72,12 @@ class SearchConfig(Settings):
 @dataclass(frozen=True)
 class ConfirmationConfig(Settings):
     section: ClassVar[str] = "confirmation"
-    title: ClassVar[str] = "confirmation (fresh seeds at each regime's best LR, and at two fixed LRs)"
+    title: ClassVar[str] = "confirmation (fresh seeds at each regime's best search LRs, and at two fixed LRs)"
 
     confirm: bool = setting(True, "skip the confirmation (run it later with python -m study.confirm <study folder>)")
-    confirm_seeds: int = setting(5, "fresh seeds per regime and condition")
+    confirm_seeds: int = setting(10, "fresh seeds per regime, condition and candidate LR")
+    candidates: int = setting(3, "each regime's best N search LRs, trained on the fresh seeds; the tuned LR is the "
+                                 "one of highest mean validation accuracy over them, its test accuracy the verdict's")
     fixed_small_lr: float = setting(0.01, "the paper's contrast: every regime also at this small fixed LR")
     fixed_large_lr: float = setting(0.3, "... and at this large fixed LR")
     equivalence_margin: float = setting(1.0, "equivalence margin of a regime's advantage (e.g. the winning "
@@ -87,6 +89,7 @@ class ConfirmationConfig(Settings):
     def check(self) -> None:
         super().check()
         require(self.confirm_seeds >= 1, "confirm_seeds", f"must be >= 1 (got {self.confirm_seeds})")
+        require(self.candidates >= 1, "candidates", f"must be >= 1 (got {self.candidates})")
         require(self.fixed_small_lr > 0, "fixed_small_lr", f"must be > 0 (got {self.fixed_small_lr:g})")
         require(self.fixed_large_lr > self.fixed_small_lr, "fixed_large_lr",
                 f"must be greater than --fixed-small-lr (got {self.fixed_large_lr:g} <= {self.fixed_small_lr:g})")

@@ -1,21 +1,23 @@
 """The confirmation's plan: which trials confirm a finished search (no Ray, no I/O of its own).
 
-Conditions, each on the same K fresh seeds (the search used ``--seed``; these are seed+1 .. seed+K):
+Every trial runs on the same K fresh seeds (the search used ``--seed``; these are seed+1 .. seed+K):
 
-- ``tuned``: every regime at the best LR its own search found (validation accuracy);
-- ``fixed_small`` / ``fixed_large``: every regime at one fixed LR (the paper's contrast: a small LR
-  favours the winning ticket, a large one levels it);
-- the sparsity sweep (``tuned``, ``prune_round`` < rounds): the regimes whose registry entry says
-  ``sweep`` (winning ticket, random re-init) on the mask of every earlier IMP round, for accuracy
-  against sparsity.
+1. ``tuned``: each regime at its best ``--candidates`` search LRs (validation accuracy, one seed
+   each in the search); the regime's tuned LR is then the candidate of highest mean *validation*
+   accuracy over the K seeds (``analysis.stats.candidates``), and the verdict compares *test*
+   accuracy at the picked LRs, paired by seed;
+   ``fixed_small`` / ``fixed_large``: every regime at one fixed LR (the paper's contrast: a small LR
+   favours the winning ticket, a large one levels it);
+2. the sparsity sweep (``tuned``, ``prune_round`` < rounds), once the tuned LRs are picked: the
+   regimes whose registry entry says ``sweep`` (winning ticket, random re-init) at their tuned LR
+   on the mask of every earlier IMP round, for accuracy against sparsity.
 
-``study.course`` runs them as Ray Tune trials (a grid over these explicit configs), MLflow child
-runs with ``phase=confirm`` and rows of the Parquet tables; they reuse every shared artifact (same
-LR and seed: same IMP).
+``study.course`` runs each stage as Ray Tune trials (a grid over these specs), MLflow child runs
+with ``phase=confirm`` and rows of the Parquet tables; they reuse every shared artifact (same LR and
+seed: same IMP).
 """
 from __future__ import annotations
 
-import math
 import pandas as pd
 
 from study.config import StudyConfig
@@ -27,26 +29,37 @@ def confirm_seeds(cfg: StudyConfig) -> list[int]:
     return [cfg.search.seed + 1 + i for i in range(cfg.confirmation.confirm_seeds)]
 
 
-def best_lrs(trials: pd.DataFrame) -> dict[str, float]:
-    """Each regime's best LR in the search (highest validation accuracy among completed trials)."""
-    from analysis.summary import best_per_regime
-    best = best_per_regime(trials[trials["phase"] == "search"])
-    return {r["regime"]: float(r["best_lr"]) for _, r in best.iterrows() if not math.isnan(r["best_lr"])}
+def candidate_lrs(trials: pd.DataFrame, n: int) -> dict[str, list[float]]:
+    """Each regime's ``n`` best distinct LRs of the search (completed trials, by validation accuracy;
+    a repeated LR counts once), best first."""
+    done = trials[(trials["phase"] == "search") & (trials["status"] == "completed") & trials["val_acc"].notna()]
+    out = {}
+    for regime, g in done.groupby("regime", sort=False):
+        by_lr = g.groupby("lr")["val_acc"].max().sort_values(ascending=False, kind="stable")
+        out[regime] = [float(lr) for lr in by_lr.index[:n]]
+    return out
 
 
-def confirm_specs(cfg: StudyConfig, best: dict[str, float]) -> list[TrialSpec]:
-    """Every confirmation trial, in a stable order."""
+def confirm_specs(cfg: StudyConfig, candidates: dict[str, list[float]]) -> list[TrialSpec]:
+    """The first stage: every regime at its candidate LRs and at the fixed LRs, in a stable order."""
     c, rounds = cfg.confirmation, cfg.pruning.rounds
     specs = []
     for seed in confirm_seeds(cfg):
         for regime in cfg.regimes:
-            conditions = [("fixed_small", c.fixed_small_lr), ("fixed_large", c.fixed_large_lr)] if c.fixed else []
-            if regime in best:
-                conditions.insert(0, ("tuned", best[regime]))
+            conditions = [("tuned", lr) for lr in candidates.get(regime, [])]
+            if c.fixed:
+                conditions += [("fixed_small", c.fixed_small_lr), ("fixed_large", c.fixed_large_lr)]
             specs += [TrialSpec(regime, lr, (seed,), "confirm", condition, rounds) for condition, lr in conditions]
-            if c.sweep and get_regime(regime).sweep and regime in best:
-                specs += [TrialSpec(regime, best[regime], (seed,), "confirm", "tuned", r) for r in range(1, rounds)]
     return specs
+
+
+def sweep_specs(cfg: StudyConfig, picked: dict[str, float]) -> list[TrialSpec]:
+    """The second stage: the sweep regimes at their picked LR on every earlier IMP round's mask."""
+    if not cfg.confirmation.sweep:
+        return []
+    return [TrialSpec(regime, picked[regime], (seed,), "confirm", "tuned", r)
+            for seed in confirm_seeds(cfg) for regime in cfg.regimes
+            if get_regime(regime).sweep and regime in picked for r in range(1, cfg.pruning.rounds)]
 
 
 def confirm_dirname(trial) -> str:

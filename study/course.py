@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from study.config import StudyConfig, optuna_study_name
-from study.confirmation import best_lrs, confirm_dirname, confirm_seeds, confirm_specs
+from study.confirmation import candidate_lrs, confirm_dirname, confirm_seeds, confirm_specs, sweep_specs
 from study.runtime import quiet_logs, quiet_ray_env
 from trainables.regimes import get_regime
 
@@ -66,6 +66,7 @@ def max_concurrent(cfg: StudyConfig) -> tuple[int, str]:
 def run_regime(cfg: StudyConfig, regime: str, ctx, callback, concurrency: int, resume: bool = False) -> None:
     """One regime's LR search: an Optuna study (persisted in optuna.db) driving Ray Tune trials."""
     import optuna
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces.lottery import define_by_run
@@ -80,10 +81,14 @@ def run_regime(cfg: StudyConfig, regime: str, ctx, callback, concurrency: int, r
         if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
             optuna.delete_study(study_name=name, storage=storage)
     constants = {"regime": regime, "seeds": (s.seed,), "phase": "search", "prune_round": cfg.pruning.rounds}
-    searcher = OptunaSearch(
+    optuna_search = OptunaSearch(
         space=define_by_run(s.space(regime), constants), metric="val_acc", mode="max",
         sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials),
         study_name=name, storage=storage)
+    # Suggestions in fixed batches of `concurrency`: the next batch is asked for once every trial of
+    # this one has told its result, so what TPE suggests never depends on which trial finished first
+    # (the same command gives the same LRs and verdicts twice)
+    searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrency, batch=True)
     run_experiment(cfg, regime, ctx, callback, concurrency,
                    {"search_alg": searcher, "num_samples": s.num_samples}, resume=resume)
 
@@ -239,30 +244,54 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
 
 def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.stdout,
                      resume: bool = False) -> bool:
-    """Run every confirmation trial (with ``resume``: those not done yet); True when all finished."""
+    """Run every confirmation trial (with ``resume``: those not done yet), in two stages: the
+    candidate and fixed LRs, then the sparsity sweep at each regime's picked LR; True when all
+    finished."""
     from ray import tune
 
+    from analysis.stats import candidates as candidate_table
     from analysis.summary import read_tables
-    from analysis.tables import write_tables
+    from analysis.tables import load_records, write_tables
     from study.callbacks import DeterministicFailure, Progress
     from study.tuning import run_experiment
 
     c = cfg.confirmation
-    write_tables(cfg.study_dir)  # from every record on disk: the best LRs come from all search trials
+    write_tables(cfg.study_dir)  # from every record on disk: the candidates come from all search trials
     trials, _ = read_tables(cfg.study_dir)
-    best = best_lrs(trials)
-    specs = confirm_specs(cfg, best)
-    totals: dict[str, int] = {}
-    for spec in specs:
-        totals[spec.group] = totals.get(spec.group, 0) + 1
-    print(f"--- confirmation: {len(specs)} trials on seeds {confirm_seeds(cfg)}; best LRs "
-          + ", ".join(f"{r} {lr:.3g}" for r, lr in best.items())
+    lrs = candidate_lrs(trials, c.candidates)
+    first = confirm_specs(cfg, lrs)
+    print(f"--- confirmation: {len(first)} trials on seeds {confirm_seeds(cfg)}; candidate LRs "
+          + "; ".join(f"{r} " + ", ".join(f"{lr:.3g}" for lr in v) for r, v in lrs.items())
           + (f"; fixed LRs {c.fixed_small_lr:g} and {c.fixed_large_lr:g}" if c.fixed else ""), file=out, flush=True)
-    cb = callback(Progress(totals, out))
-    if cb.finished_count(phase="confirm") < len(specs):
-        run_experiment(cfg, "confirm", ctx, cb, concurrency, {"trial_dirname_creator": confirm_dirname},
-                       {"spec": tune.grid_search([sp.as_config()["spec"] for sp in specs])}, resume)
-    cb.tables.flush()
-    if cb.failure:
-        raise DeterministicFailure(cb.failure)
-    return cb.finished_count(phase="confirm") >= len(specs)
+
+    def stage(name: str, specs: list) -> bool:
+        totals: dict[str, int] = {}
+        for spec in specs:
+            totals[spec.group] = totals.get(spec.group, 0) + 1
+        cb = callback(Progress(totals, out))
+        done = {(r.spec.regime, r.spec.lr, r.spec.seed, r.spec.condition, r.spec.prune_round)
+                for r in cb.records.values() if r.spec.phase == "confirm" and r.completed}
+        if any((s.regime, s.lr, s.seed, s.condition, s.prune_round) not in done for s in specs):
+            run_experiment(cfg, name, ctx, cb, concurrency, {"trial_dirname_creator": confirm_dirname},
+                           {"spec": tune.grid_search([sp.as_config()["spec"] for sp in specs])}, resume)
+        cb.tables.flush()
+        if cb.failure:
+            raise DeterministicFailure(cb.failure)
+        # from disk: after Tuner.restore the events go to Tune's own copy of the callback
+        finished = {(r.spec.regime, r.spec.lr, r.spec.seed, r.spec.condition, r.spec.prune_round)
+                    for r in load_records(cfg.study_dir) if r.spec.phase == "confirm"}
+        return all((s.regime, s.lr, s.seed, s.condition, s.prune_round) in finished for s in specs)
+
+    if not stage("confirm", first):
+        return False
+    write_tables(cfg.study_dir)
+    table = candidate_table(read_tables(cfg.study_dir)[0])
+    picked = {r["regime"]: r["lr"] for _, r in table[table["picked"]].iterrows()}
+    for regime in table["regime"].unique():
+        g = table[table["regime"] == regime]
+        print(f"    {regime}: tuned LR {picked.get(regime, float('nan')):.3g} of "
+              + ", ".join(f"{r['lr']:.3g} (val {r['val_mean']:.4f})" for _, r in g.iterrows()), file=out, flush=True)
+    sweep = sweep_specs(cfg, picked)
+    if sweep:
+        print(f"--- sparsity sweep: {len(sweep)} trials at the tuned LRs", file=out, flush=True)
+    return stage("confirm-sweep", sweep) if sweep else True

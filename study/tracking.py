@@ -135,6 +135,8 @@ class MlflowTracker:
         self.log_metrics(run_id, rows, skip=run.data.metrics)
         tags = [RunTag(f"artifact.{k}", v) for k, v in asdict(record.artifacts).items() if v is not None]
         tags += [RunTag("diverged", str(record.diverged)), RunTag("status", record.status)]
+        if record.reused_from:  # answered from an identical trial's result, not trained again
+            tags.append(RunTag("reused_from", record.reused_from))
         params = [Param(k, str(v)) for k, v in asdict(record.seeds).items() if v is not None]
         self.client.log_batch(run_id, params=params, tags=tags)
         self.client.set_terminated(run_id, "FINISHED")

@@ -214,3 +214,38 @@ def test_each_comparison_says_what_it_could_detect():
     assert c.reach.startswith(f"Detectable with 5 seeds: {100 * c.detectable:.1f} points (80% power")
     tight = compare_arrays(b + d / 20, b, paired=True, margin_points=1.0)  # an interval inside the margin
     assert "seeds would bring" not in tight.reach and tight.detectable < c.detectable
+
+
+def test_the_tuned_lr_is_the_candidate_of_best_mean_validation_accuracy():
+    from analysis.stats import candidates, confirm_rows, picked_lrs
+    rows = []
+    for regime, vals in (("winning_ticket", {0.1: 0.70, 0.2: 0.72, 0.4: 0.71}), ("random_reinit", {0.1: 0.6, 0.2: 0.6})):
+        for lr, v in vals.items():
+            for seed in range(1, 5):
+                rows.append({"phase": "confirm", "status": "completed", "condition": "tuned", "regime": regime,
+                             "lr": lr, "seed": seed, "prune_round": 2, "rounds": 2, "val_acc": v + 0.001 * seed,
+                             "test_acc": v - 0.01})
+    rows.append({**rows[0], "prune_round": 1})  # a sweep row at a candidate that was not picked
+    t = pd.DataFrame(rows)
+    table = candidates(t)
+    assert list(table[table.picked].lr) == [0.2, 0.1]  # ties (random_reinit) go to the smaller LR
+    assert table.set_index(["regime", "lr"]).loc[("winning_ticket", 0.2), "val_mean"] == pytest.approx(0.7225)
+    assert picked_lrs(t) == {"winning_ticket": 0.2, "random_reinit": 0.1}
+    c = confirm_rows(t)
+    assert set(zip(c.regime, c.lr)) == {("winning_ticket", 0.2), ("random_reinit", 0.1)} and len(c) == 8
+
+
+def test_the_confirmation_plan_trains_candidates_then_sweeps_the_picked_lr():
+    from study.config import StudyConfig
+    from study.confirmation import candidate_lrs, confirm_specs, sweep_specs
+    search = pd.DataFrame({"phase": "search", "status": "completed", "regime": ["winning_ticket"] * 5,
+                           "lr": [0.1, 0.2, 0.2, 0.4, 0.8], "val_acc": [0.5, 0.7, 0.7, 0.6, 0.65]})
+    lrs = candidate_lrs(search, 3)
+    assert lrs == {"winning_ticket": [0.2, 0.8, 0.4]}  # distinct LRs, best first
+    cfg = StudyConfig().updated(regimes=("winning_ticket",), confirm_seeds=2, rounds=3)
+    first = confirm_specs(cfg, lrs)
+    assert len(first) == 2 * (3 + 2) and {s.prune_round for s in first} == {3}
+    assert [s.lr for s in first if s.condition == "tuned"][:3] == [0.2, 0.8, 0.4]
+    sweep = sweep_specs(cfg, {"winning_ticket": 0.8})
+    assert {(s.lr, s.prune_round) for s in sweep} == {(0.8, 1), (0.8, 2)} and len(sweep) == 4
+    assert sweep_specs(cfg.updated(sweep=False), {"winning_ticket": 0.8}) == []

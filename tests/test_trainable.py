@@ -46,7 +46,7 @@ def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
     from dataclasses import replace
     ctx = replace(ctx, checkpoint_every=1)
     config = asked("random_reinit", 0.05, 1)
-    full = run_trial(config, ctx, "full", lambda m, c: None)
+    full = run_trial(config, replace(ctx, study_dir=str(tmp_path / "apart")), "full", lambda m, c: None)  # own store
     saved = tmp_path / "ckpt"
 
     def interrupted(metrics, ckpt):
@@ -60,6 +60,19 @@ def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
     assert epochs == [2, 3] and rec.resumed_from_epoch == 1
     assert [h["epoch"] for h in rec.history] == [1, 2, 3]
     assert rec.val_acc == full.val_acc and rec.test_acc == full.test_acc
+
+
+def test_a_repeated_configuration_is_answered_from_its_result(ctx, tmp_path):
+    first = run_trial(asked("winning_ticket", 0.05, 0), ctx, "first", None)
+    reports = []
+    again = run_trial(asked("winning_ticket", 0.05, 0), ctx, "again", lambda m, c: reports.append(m))
+    assert first.reused_from is None and again.reused_from == "first"
+    assert again.history == first.history and again.val_acc == first.val_acc
+    assert len(reports) == 1 and reports[0]["done"]  # no training: the final result at once
+    other = run_trial(asked("winning_ticket", 0.1, 0), ctx, "other", None)  # another LR trains
+    assert other.reused_from is None
+    results = [p for p in (tmp_path / "study" / "artifacts").iterdir() if p.name.startswith("result-")]
+    assert len(results) == 2
 
 
 def test_checkpoint_every_n_epochs(ctx, tmp_path):

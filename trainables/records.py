@@ -145,6 +145,7 @@ class TrialRecord:
     diverged: bool = field(default=False, metadata=metric())
     diverged_stage: str | None = None
     resumed_from_epoch: int | None = None
+    reused_from: str | None = None  # the trial that trained this configuration: answered from its result
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None

@@ -81,6 +81,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
               report=None, checkpoint_dir: str | None = None) -> TrialRecord:
     """One trial: start point from the regime, then the sparse network's training.
 
+    The training is itself a cached artifact (``result``, keyed by the regime, LR, seeds, IMP round
+    and the pipeline's settings): a trial asked for a configuration already trained (a repeated
+    search suggestion) is answered from that result without training (``reused_from`` names the
+    trial that trained it), and two trials asking for it at once train it once.
+
     ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune).
     Returns the trial record.
     """
@@ -89,7 +94,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     for module in ctx.plugins:
         importlib.import_module(module)
     spec = TrialSpec.from_config(config)
-    pipe = Pipeline(ctx.pipeline, ArtifactStore(ctx.artifact_root), _device(ctx))
+    store = ArtifactStore(ctx.artifact_root)
+    pipe = Pipeline(ctx.pipeline, store, _device(ctx))
     start = get_regime(spec.regime).make_start(pipe, spec.lr, spec.seed, spec.prune_round)
     overall, per_layer = start.sparsity
     record = TrialRecord(
@@ -106,39 +112,52 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
             report(_metrics(last, diverged_stage=start.diverged_stage, sparsity=overall, done=True), None)
         return record
 
-    model = start.model.to(pipe.device) if start.model is not None else pipe.new_model()
-    if start.weights is not None:
-        model.load_state_dict(start.weights)
     train = replace(pipe.train_spec(spec.lr, spec.seed), **start.train)  # the regime's epochs and schedule
-    record = record.replace(train_epochs=train.epochs)
-    trainer = Trainer(model, pipe.splits, train, start.masks)
-    history: list[dict[str, Any]] = []
-    if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
-        saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
-        trainer.load_state(TrainState(**saved["state"]))
-        history = saved["history"]
-        record = record.replace(resumed_from_epoch=trainer.epoch)
+    resumed: list[int] = []
 
-    last_checkpoint = time.monotonic()
-    done = False
-    while not done:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
-        rec = trainer.run_epoch()
-        history.append(rec)
-        done = rec["diverged"] or trainer.epoch >= train.epochs
-        if done:  # the record goes out before the last report: the trial counts as finished after it
-            record = record.replace(history=tuple(history), diverged=rec["diverged"],
-                                    diverged_stage="final" if rec["diverged"] else None, val_acc=rec["val_acc"],
-                                    test_acc=rec["test_acc"], train_loss=rec["train_loss"],
-                                    wall_seconds=time.time() - started, finished_at=time.time())
-            _write_record(ctx, record)
-        due = trainer.epoch % ctx.checkpoint_every == 0 or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S
-        if report and (done or not due):
-            report(_metrics(rec, sparsity=overall, done=done), None)  # a finished trial needs no checkpoint
-        elif report:
-            last_checkpoint = time.monotonic()
-            with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
-                torch.save({"state": asdict(trainer.state()), "history": history}, Path(tmp) / CHECKPOINT_FILE)
-                report(_metrics(rec, sparsity=overall, done=done), tmp)
+    def compute(tmp) -> dict[str, Any]:
+        """The regime's training, reporting every epoch but the last (the trial's final report
+        follows its record)."""
+        model = start.model.to(pipe.device) if start.model is not None else pipe.new_model()
+        if start.weights is not None:
+            model.load_state_dict(start.weights)
+        trainer = Trainer(model, pipe.splits, train, start.masks)
+        history: list[dict[str, Any]] = []
+        if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
+            saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
+            trainer.load_state(TrainState(**saved["state"]))
+            history = saved["history"]
+            resumed.append(trainer.epoch)
+        last_checkpoint = time.monotonic()
+        while True:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
+            rec = trainer.run_epoch()
+            history.append(rec)
+            if rec["diverged"] or trainer.epoch >= train.epochs:
+                return {"history": history, "trial_id": trial_id}
+            due = trainer.epoch % ctx.checkpoint_every == 0 or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S
+            if report and not due:
+                report(_metrics(rec, sparsity=overall, done=False), None)
+            elif report:
+                last_checkpoint = time.monotonic()
+                with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
+                    torch.save({"state": asdict(trainer.state()), "history": history}, Path(ckpt) / CHECKPOINT_FILE)
+                    report(_metrics(rec, sparsity=overall, done=False), ckpt)
+
+    # what determines the result (not the phase, condition or Optuna trial that asked for it)
+    key = {"regime": spec.regime, "lr": spec.lr, "seeds": list(spec.seeds), "prune_round": spec.prune_round,
+           "train": train.as_dict(), "start": asdict(record.artifacts), "settings": record.settings}
+    result = store.get_or_create("result", key, compute)
+    history = result.meta["history"]
+    last = history[-1]
+    record = record.replace(
+        history=tuple(history), train_epochs=train.epochs, diverged=last["diverged"],
+        diverged_stage="final" if last["diverged"] else None, val_acc=last["val_acc"], test_acc=last["test_acc"],
+        train_loss=last["train_loss"], resumed_from_epoch=resumed[0] if resumed else None,
+        reused_from=result.meta["trial_id"] if result.meta["trial_id"] != trial_id else None,
+        wall_seconds=time.time() - started, finished_at=time.time())
+    _write_record(ctx, record)  # the record goes out before the last report: the trial counts as finished after it
+    if report:
+        report(_metrics(last, sparsity=overall, done=True), None)  # a finished trial needs no checkpoint
     return record
 
 

@@ -1,0 +1,58 @@
+"""A verdict is a measurement: the same command twice gives the same chosen LRs and verdicts, and no
+configuration is trained twice (a repeated search suggestion is answered from its first result)."""
+from __future__ import annotations
+
+import re
+
+import pyarrow.parquet as pq
+
+from tests.conftest import run_cli
+
+# 5 grid points (0.01 .. 1 at 2 per decade) and 7 trials per regime: at least 2 repeats each
+ARGS = ["--regimes", "winning_ticket,random_reinit", "--num-samples", "7", "--startup-trials", "3",
+        "--lr-grid", "2", "--lr-min", "0.01", "--lr-max", "1", "--epochs", "1", "--rounds", "2",
+        "--confirm-seeds", "2", "--candidates", "2", "--no-fixed", "--num-cpus", "2"]
+
+
+def _run(tmp_path, name, ray_env, data_dir):
+    r = run_cli([*ARGS, "--root", str(tmp_path / name), "--name", "twice", "--data-dir", data_dir], ray_env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = tmp_path / name / "twice"
+    return r.stdout, pq.read_table(study / "results" / "trials.parquet").to_pandas(), study
+
+
+def test_the_same_command_twice_gives_the_same_answer_and_trains_nothing_twice(tmp_path, ray_env, data_dir):
+    out1, t1, study = _run(tmp_path, "first", ray_env, data_dir)
+    out2, t2, _ = _run(tmp_path, "second", ray_env, data_dir)  # its own folder: nothing cached from the first
+
+    def search(t):
+        s = t[t.phase == "search"].sort_values(["regime", "optuna_trial"])
+        return list(zip(s.regime, s.optuna_trial, s.lr, s.val_acc))
+    assert search(t1) == search(t2)  # the same suggestions, in the same order, with the same results
+
+    def verdicts(out):
+        return [ln for ln in out.splitlines() if re.match(r"^tuned: ", ln)]
+    assert verdicts(out1) and verdicts(out1) == verdicts(out2)
+
+    search1 = t1[t1.phase == "search"]
+    # (a trial whose pretraining diverged has no final training: its stages are cached artifacts)
+    trained = search1[search1.reused_from.isna() & search1.train_epochs.notna()]
+    assert not trained.duplicated(["regime", "lr", "seed", "prune_round"]).any()  # each trained once
+    repeats = search1[search1.reused_from.notna()]
+    assert len(repeats) >= 2 * 2  # 7 suggestions on 5 points, per regime
+    first = trained.set_index("trial_id")
+    for _, r in repeats.iterrows():  # answered from the trial that trained it: the same numbers
+        src = first.loc[r.reused_from]
+        assert (src.regime, src.lr, src.val_acc, src.test_acc) == (r.regime, r.lr, r.val_acc, r.test_acc)
+    results = [p for p in (study / "artifacts").iterdir() if p.name.startswith("result-")]
+    assert len(results) == len(t1[t1.reused_from.isna() & t1.train_epochs.notna()])  # one per configuration
+    assert re.search(r"winning_ticket .* \d+ +[1-5] +\d+\n", out1)  # the summary's distinct-LR count
+
+    # the tuned LR: each regime's 2 best search LRs on both fresh seeds, the better on validation picked,
+    # then the sparsity sweep at the picked LR only
+    from analysis.stats import picked_lrs
+    confirm = t1[t1.phase == "confirm"]
+    assert (confirm[confirm.prune_round == 2].groupby("regime").lr.nunique() == 2).all()
+    sweep = confirm[confirm.prune_round == 1]
+    assert set(zip(sweep.regime, sweep.lr)) == set(picked_lrs(t1).items()) and len(sweep) == 2 * 2
+    assert "runners-up: " in verdicts(out1)[0] and "Detectable with 2 seeds" in verdicts(out1)[0]
