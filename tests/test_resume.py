@@ -27,7 +27,7 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     root = tmp_path / "s"
     args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "8", "--rounds", "2",
             "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
-            "--checkpoint-every", "1", "--confirm-seeds", "2", "--no-sweep", "--no-fixed",
+            "--checkpoint-every", "1", "--confirm-seeds", "2", "--candidates", "1", "--no-sweep", "--no-fixed",
             "--root", str(root), "--name", "killed", "--data-dir", data_dir, "--num-cpus", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=ray_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

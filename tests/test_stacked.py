@@ -1,0 +1,82 @@
+"""Stacked training matches training the seeds one after another (weights and accuracies, to float
+tolerance), with per-network data order, masks and divergence."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trainables.data import load_splits
+from trainables.models import build_model, init_weights
+from trainables.pruning import random_masks_like
+from trainables.stacked import StackedTrainer, stackable
+from trainables.training import Trainer, TrainSpec
+
+
+@pytest.fixture
+def splits(data_dir):
+    torch.set_num_threads(1)
+    return load_splits("mnist1d", data_dir, 42, 0.2, 42)
+
+
+def _nets(name: str, seeds, splits):
+    return [init_weights(build_model(name, splits.input_shape, splits.num_classes, None), s) for s in seeds]
+
+
+@pytest.mark.parametrize("name,masked,examples", [("mlp", True, None), ("conv1d", False, 640)])
+def test_stacked_equals_one_after_another(name, masked, examples, splits):
+    """A few steps both ways (conv1d: 2 epochs of 10 steps; float rounding in batched convolutions
+    grows with every step of training, so long runs agree in distribution, not to the digit)."""
+    from dataclasses import replace
+    if examples:
+        splits = replace(splits, x_train=splits.x_train[:examples], y_train=splits.y_train[:examples])
+    seeds = (3, 4, 5)
+    specs = [TrainSpec(lr=0.05, epochs=2, batch_size=64, seed=s) for s in seeds]
+    nets = _nets(name, seeds, splits)
+    masks = None
+    if masked:
+        full = {f"{n}": torch.ones_like(p) for n, p in nets[0].named_parameters() if n.endswith("weight")}
+        masks = [random_masks_like({n: m * 1 for n, m in full.items()}, s) for s in seeds]
+        for m in masks:  # keep half of each layer
+            for n in m:
+                m[n] = (torch.rand_like(m[n]) < 0.5).float()
+    alone = []
+    for k, net in enumerate(copy.deepcopy(nets)):
+        history = Trainer(net, splits, specs[k], masks[k] if masks else None).run()
+        alone.append((net, history))
+    together = StackedTrainer(nets, splits, specs, masks)
+    histories = together.run()
+    for k, (net, history) in enumerate(alone):
+        for (n, a), b in zip(net.state_dict().items(), nets[k].state_dict().values()):
+            assert torch.allclose(a, b, atol=2e-5, rtol=1e-4), (k, n, (a - b).abs().max())
+        for h_alone, h_stacked in zip(history, histories[k]):
+            assert h_stacked["train_loss"] == pytest.approx(h_alone["train_loss"], rel=1e-4)
+            for key in ("val_acc", "test_acc"):  # at most one example may flip at float tolerance
+                assert abs(h_stacked[key] - h_alone[key]) <= 1.5 / len(splits.y_val)
+        if masks:
+            for n, m in masks[k].items():
+                assert torch.all(nets[k].state_dict()[n][m == 0] == 0)  # pruned weights exactly zero
+
+
+def test_a_diverged_network_stops_counting_and_the_others_go_on(splits):
+    seeds = (1, 2)
+    specs = [TrainSpec(lr=0.05, epochs=2, seed=s) for s in seeds]
+    nets = _nets("mlp", seeds, splits)
+    alone = copy.deepcopy(nets[1])
+    with torch.no_grad():
+        next(nets[0].parameters()).fill_(float("nan"))
+    histories = StackedTrainer(nets, splits, specs).run()
+    assert len(histories[0]) == 1 and histories[0][0]["diverged"]
+    reference = Trainer(alone, splits, specs[1]).run()
+    assert [h["val_acc"] for h in histories[1]] == pytest.approx([h["val_acc"] for h in reference], abs=1.5e-3)
+
+
+def test_what_cannot_be_stacked_is_refused(splits):
+    mlp = _nets("mlp", (1,), splits)[0]
+    wide = build_model("mlp", splits.input_shape, splits.num_classes, (50,))
+    assert stackable([mlp, copy.deepcopy(mlp)]) and not stackable([mlp, wide])
+    vgg = build_model("vgg11", (3, 32, 32), 10, None)
+    assert not stackable([vgg, copy.deepcopy(vgg)])  # BatchNorm: one after another
+    with pytest.raises(ValueError, match="seed"):
+        StackedTrainer([mlp, copy.deepcopy(mlp)], splits, [TrainSpec(lr=0.1, epochs=1), TrainSpec(lr=0.2, epochs=1)])
