@@ -36,7 +36,7 @@ def one_record(tmp: Path):
     load_splits("mnist1d", str(data), 42, 0.2, 42)
     cfg = PipelineConfig().updated(data_dir=str(data))
     ctx = TrialContext("bench", str(tmp / "study"), cfg)
-    return run_trial(TrialSpec("winning_ticket", 0.1, (0,), prune_round=cfg.pruning.rounds).as_config(), ctx, "t0")
+    return run_trial(TrialSpec("winning_ticket", 0.1, (0,), prune_round=cfg.pruning.rounds).as_config(), ctx, "t0")[0]
 
 
 def per_trial_costs(add, record, n: int) -> list[float]:

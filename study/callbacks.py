@@ -21,7 +21,7 @@ from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
 from trainables.storage import Storage, atomic_path
 from trainables.records import TrialRecord, TrialSpec
-from trainables.trainable import TRIAL_RECORDS
+from trainables.trainable import TRIAL_RECORDS, read_records
 
 
 class DeterministicFailure(Exception):
@@ -155,12 +155,10 @@ class StudyCallback(tune.Callback):
         between); returns how many.  Keyed by trial id, so nothing is counted twice."""
         done = 0
         for name in self.shared.list_names(self.shared.join(TRIAL_RECORDS), ".json"):
-            trial_id = name[:-len(".json")]
-            if trial_id in self.records:
-                continue
-            record = TrialRecord.from_json(json.loads(self.shared.read_text(self.shared.join(TRIAL_RECORDS, name))))
-            self._finalise(record)
-            done += 1
+            for record in read_records(self.shared.read_text(self.shared.join(TRIAL_RECORDS, name))):
+                if record.trial_id not in self.records:
+                    self._finalise(record)
+                    done += 1
         return done
 
     def on_step_end(self, iteration, trials, **info) -> None:
@@ -175,9 +173,11 @@ class StudyCallback(tune.Callback):
                    if (regime is None or r.spec.regime == regime) and r.spec.phase == phase)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        """An MLflow run (and a place in the progress view) for each of the trial's seeds."""
         spec = TrialSpec.from_config(trial.config)
-        self.progress.start(spec.group, trial.trial_id)
-        self._run_id(trial.trial_id, spec)
+        for rid, one in zip(spec.record_ids(trial.trial_id), spec.per_seed()):
+            self.progress.start(spec.group, rid)
+            self._run_id(rid, one)
 
     def _finalise(self, record: TrialRecord) -> TrialRecord:
         """Enrich the record, close its MLflow run, then write the driver's copy (the source of the
@@ -199,19 +199,23 @@ class StudyCallback(tune.Callback):
         return record
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if trial.trial_id in self.records and self.records[trial.trial_id].completed:
-            return  # finished before an interruption, then re-run from a checkpoint: counted once
         written = self.shared.join(TRIAL_RECORDS, f"{trial.trial_id}.json")  # by the trial, on any node
         if not self.shared.exists(written):  # ended without a record: count it as an error, never silently
             return self._error(trial, "stopped with the study" if self.failure else
                                "trial ended without writing its record")
-        self._finalise(TrialRecord.from_json(json.loads(self.shared.read_text(written))))
+        for record in read_records(self.shared.read_text(written)):
+            if record.trial_id in self.records and self.records[record.trial_id].completed:
+                continue  # finished before an interruption, then re-run from a checkpoint: counted once
+            self._finalise(record)
 
     def _error(self, trial, message: str) -> None:
-        if trial.trial_id in self.records and self.records[trial.trial_id].status == "error":
-            return  # recorded when the study stopped
-        self._finalise(TrialRecord(self.study, trial.trial_id, TrialSpec.from_config(trial.config), self.settings,
-                                   status="error", error=message, finished_at=time.time()))
+        """An error record for each of the trial's seeds."""
+        spec = TrialSpec.from_config(trial.config)
+        for rid, one in zip(spec.record_ids(trial.trial_id), spec.per_seed()):
+            if rid in self.records and self.records[rid].status == "error":
+                continue  # recorded when the study stopped
+            self._finalise(TrialRecord(self.study, rid, one, self.settings, status="error", error=message,
+                                       finished_at=time.time()))
 
     def _note_failure(self, trial) -> str:
         """Remember the trial's error; when the first FAILURES_TO_STOP trials of its group failed

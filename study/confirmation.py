@@ -41,15 +41,15 @@ def candidate_lrs(trials: pd.DataFrame, n: int) -> dict[str, list[float]]:
 
 
 def confirm_specs(cfg: StudyConfig, candidates: dict[str, list[float]]) -> list[TrialSpec]:
-    """The first stage: every regime at its candidate LRs and at the fixed LRs, in a stable order."""
-    c, rounds = cfg.confirmation, cfg.pruning.rounds
+    """The first stage: every regime at its candidate LRs and at the fixed LRs, in a stable order;
+    each spec holds all the fresh seeds (one trial trains them together, one record per seed)."""
+    c, rounds, seeds = cfg.confirmation, cfg.pruning.rounds, tuple(confirm_seeds(cfg))
     specs = []
-    for seed in confirm_seeds(cfg):
-        for regime in cfg.regimes:
-            conditions = [("tuned", lr) for lr in candidates.get(regime, [])]
-            if c.fixed:
-                conditions += [("fixed_small", c.fixed_small_lr), ("fixed_large", c.fixed_large_lr)]
-            specs += [TrialSpec(regime, lr, (seed,), "confirm", condition, rounds) for condition, lr in conditions]
+    for regime in cfg.regimes:
+        conditions = [("tuned", lr) for lr in candidates.get(regime, [])]
+        if c.fixed:
+            conditions += [("fixed_small", c.fixed_small_lr), ("fixed_large", c.fixed_large_lr)]
+        specs += [TrialSpec(regime, lr, seeds, "confirm", condition, rounds) for condition, lr in conditions]
     return specs
 
 
@@ -57,9 +57,9 @@ def sweep_specs(cfg: StudyConfig, picked: dict[str, float]) -> list[TrialSpec]:
     """The second stage: the sweep regimes at their picked LR on every earlier IMP round's mask."""
     if not cfg.confirmation.sweep:
         return []
-    return [TrialSpec(regime, picked[regime], (seed,), "confirm", "tuned", r)
-            for seed in confirm_seeds(cfg) for regime in cfg.regimes
-            if get_regime(regime).sweep and regime in picked for r in range(1, cfg.pruning.rounds)]
+    return [TrialSpec(regime, picked[regime], tuple(confirm_seeds(cfg)), "confirm", "tuned", r)
+            for regime in cfg.regimes if get_regime(regime).sweep and regime in picked
+            for r in range(1, cfg.pruning.rounds)]
 
 
 def confirm_dirname(trial) -> str:

@@ -260,18 +260,20 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
     trials, _ = read_tables(cfg.study_dir)
     lrs = candidate_lrs(trials, c.candidates)
     first = confirm_specs(cfg, lrs)
-    print(f"--- confirmation: {len(first)} trials on seeds {confirm_seeds(cfg)}; candidate LRs "
+    print(f"--- confirmation: {sum(len(s.seeds) for s in first)} runs ({len(first)} trials of {c.confirm_seeds} "
+          f"seeds {confirm_seeds(cfg)}, each trained together); candidate LRs "
           + "; ".join(f"{r} " + ", ".join(f"{lr:.3g}" for lr in v) for r, v in lrs.items())
           + (f"; fixed LRs {c.fixed_small_lr:g} and {c.fixed_large_lr:g}" if c.fixed else ""), file=out, flush=True)
 
     def stage(name: str, specs: list) -> bool:
         totals: dict[str, int] = {}
         for spec in specs:
-            totals[spec.group] = totals.get(spec.group, 0) + 1
+            totals[spec.group] = totals.get(spec.group, 0) + len(spec.seeds)
         cb = callback(Progress(totals, out))
+        asked = [one for spec in specs for one in spec.per_seed()]  # one record per seed
         done = {(r.spec.regime, r.spec.lr, r.spec.seed, r.spec.condition, r.spec.prune_round)
                 for r in cb.records.values() if r.spec.phase == "confirm" and r.completed}
-        if any((s.regime, s.lr, s.seed, s.condition, s.prune_round) not in done for s in specs):
+        if any((s.regime, s.lr, s.seed, s.condition, s.prune_round) not in done for s in asked):
             run_experiment(cfg, name, ctx, cb, concurrency, {"trial_dirname_creator": confirm_dirname},
                            {"spec": tune.grid_search([sp.as_config()["spec"] for sp in specs])}, resume)
         cb.tables.flush()
@@ -280,7 +282,7 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
         # from disk: after Tuner.restore the events go to Tune's own copy of the callback
         finished = {(r.spec.regime, r.spec.lr, r.spec.seed, r.spec.condition, r.spec.prune_round)
                     for r in load_records(cfg.study_dir) if r.spec.phase == "confirm"}
-        return all((s.regime, s.lr, s.seed, s.condition, s.prune_round) in finished for s in specs)
+        return all((s.regime, s.lr, s.seed, s.condition, s.prune_round) in finished for s in asked)
 
     if not stage("confirm", first):
         return False
@@ -293,5 +295,5 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
               + ", ".join(f"{r['lr']:.3g} (val {r['val_mean']:.4f})" for _, r in g.iterrows()), file=out, flush=True)
     sweep = sweep_specs(cfg, picked)
     if sweep:
-        print(f"--- sparsity sweep: {len(sweep)} trials at the tuned LRs", file=out, flush=True)
+        print(f"--- sparsity sweep: {sum(len(s.seeds) for s in sweep)} runs at the tuned LRs", file=out, flush=True)
     return stage("confirm-sweep", sweep) if sweep else True

@@ -243,9 +243,9 @@ def test_the_confirmation_plan_trains_candidates_then_sweeps_the_picked_lr():
     lrs = candidate_lrs(search, 3)
     assert lrs == {"winning_ticket": [0.2, 0.8, 0.4]}  # distinct LRs, best first
     cfg = StudyConfig().updated(regimes=("winning_ticket",), confirm_seeds=2, rounds=3)
-    first = confirm_specs(cfg, lrs)
-    assert len(first) == 2 * (3 + 2) and {s.prune_round for s in first} == {3}
-    assert [s.lr for s in first if s.condition == "tuned"][:3] == [0.2, 0.8, 0.4]
+    first = confirm_specs(cfg, lrs)  # each spec: all fresh seeds, trained together
+    assert len(first) == 3 + 2 and {s.prune_round for s in first} == {3} and {s.seeds for s in first} == {(1, 2)}
+    assert [s.lr for s in first if s.condition == "tuned"] == [0.2, 0.8, 0.4]
     sweep = sweep_specs(cfg, {"winning_ticket": 0.8})
-    assert {(s.lr, s.prune_round) for s in sweep} == {(0.8, 1), (0.8, 2)} and len(sweep) == 4
+    assert {(s.lr, s.prune_round) for s in sweep} == {(0.8, 1), (0.8, 2)} and len(sweep) == 2
     assert sweep_specs(cfg.updated(sweep=False), {"winning_ticket": 0.8}) == []

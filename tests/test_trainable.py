@@ -32,11 +32,11 @@ def test_reports_every_epoch_with_a_checkpoint_and_writes_the_record(ctx, tmp_pa
 
     def report(metrics, ckpt):
         reports.append((metrics, ckpt is not None))
-    rec = run_trial(asked("winning_ticket", 0.05, 0), ctx, "t1", report)
+    rec, = run_trial(asked("winning_ticket", 0.05, 0), ctx, "t1", report)
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
     assert [c for _, c in reports] == [True, True, False]  # the finished trial needs no checkpoint
     assert reports[-1][0]["done"] and reports[-1][0]["val_acc"] == rec.val_acc
-    on_disk = json.loads((tmp_path / "study" / "trial-records" / "t1.json").read_text())
+    on_disk = json.loads((tmp_path / "study" / "trial-records" / "t1.json").read_text())["records"][0]
     assert on_disk["val_acc"] == rec.val_acc and len(on_disk["history"]) == 3
     assert [p["name"] for p in on_disk["stages"]] == ["pretrain", "imp_round_1"]
     assert on_disk["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
@@ -46,7 +46,7 @@ def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
     from dataclasses import replace
     ctx = replace(ctx, checkpoint_every=1)
     config = asked("random_reinit", 0.05, 1)
-    full = run_trial(config, replace(ctx, study_dir=str(tmp_path / "apart")), "full", lambda m, c: None)  # own store
+    full, = run_trial(config, replace(ctx, study_dir=str(tmp_path / "apart")), "full", lambda m, c: None)  # own store
     saved = tmp_path / "ckpt"
 
     def interrupted(metrics, ckpt):
@@ -56,23 +56,40 @@ def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_trial(config, ctx, "again", interrupted)
     epochs = []
-    rec = run_trial(config, ctx, "again", lambda m, c: epochs.append(m["epoch"]), str(saved))
+    rec, = run_trial(config, ctx, "again", lambda m, c: epochs.append(m["epoch"]), str(saved))
     assert epochs == [2, 3] and rec.resumed_from_epoch == 1
     assert [h["epoch"] for h in rec.history] == [1, 2, 3]
     assert rec.val_acc == full.val_acc and rec.test_acc == full.test_acc
 
 
 def test_a_repeated_configuration_is_answered_from_its_result(ctx, tmp_path):
-    first = run_trial(asked("winning_ticket", 0.05, 0), ctx, "first", None)
+    first, = run_trial(asked("winning_ticket", 0.05, 0), ctx, "first", None)
     reports = []
-    again = run_trial(asked("winning_ticket", 0.05, 0), ctx, "again", lambda m, c: reports.append(m))
+    again, = run_trial(asked("winning_ticket", 0.05, 0), ctx, "again", lambda m, c: reports.append(m))
     assert first.reused_from is None and again.reused_from == "first"
     assert again.history == first.history and again.val_acc == first.val_acc
     assert len(reports) == 1 and reports[0]["done"]  # no training: the final result at once
-    other = run_trial(asked("winning_ticket", 0.1, 0), ctx, "other", None)  # another LR trains
+    other, = run_trial(asked("winning_ticket", 0.1, 0), ctx, "other", None)  # another LR trains
     assert other.reused_from is None
     results = [p for p in (tmp_path / "study" / "artifacts").iterdir() if p.name.startswith("result-")]
     assert len(results) == 2
+
+
+def test_the_seeds_of_one_configuration_train_together_one_record_each(ctx, tmp_path):
+    from dataclasses import replace
+    alone, = run_trial(asked("random_reinit", 0.05, 2), replace(ctx, study_dir=str(tmp_path / "apart")), "a", None)
+    run_trial(asked("random_reinit", 0.05, 1), ctx, "one", None)  # seed 1 is trained already: answered
+    reports = []
+    spec = TrialSpec("random_reinit", 0.05, (1, 2, 3), "confirm", "tuned", prune_round=2)
+    recs = run_trial(spec.as_config(), ctx, "three", lambda m, c: reports.append(m))
+    assert [r.trial_id for r in recs] == ["three-s1", "three-s2", "three-s3"]
+    assert [r.spec for r in recs] == spec.per_seed() and [r.reused_from for r in recs] == ["one", None, None]
+    assert recs[1].val_acc == pytest.approx(alone.val_acc, abs=2e-3)  # stacked with seed 3, as if alone
+    assert recs[1].seeds.reinit_seed != recs[2].seeds.reinit_seed
+    assert [m["epoch"] for m in reports] == [1, 2, 3] and reports[-1]["done"]
+    assert reports[-1]["val_acc"] == pytest.approx(sum(r.val_acc for r in recs) / 3)
+    on_disk = json.loads((tmp_path / "study" / "trial-records" / "three.json").read_text())["records"]
+    assert [r["trial_id"] for r in on_disk] == ["three-s1", "three-s2", "three-s3"]
 
 
 def test_checkpoint_every_n_epochs(ctx, tmp_path):
@@ -95,7 +112,7 @@ def test_slow_epochs_are_checkpointed_every_epoch(ctx, monkeypatch):
 
 def test_diverged_pretraining_ends_the_trial_with_its_accuracy(ctx):
     reports = []
-    rec = run_trial(asked("winning_ticket", 1e4, 0), ctx, "d", lambda m, c: reports.append(m))
+    rec, = run_trial(asked("winning_ticket", 1e4, 0), ctx, "d", lambda m, c: reports.append(m))
     assert rec.diverged and rec.diverged_stage == "pretrain"
     assert len(reports) == 1 and reports[0]["diverged"] and 0 <= reports[0]["val_acc"] <= 1
 
@@ -141,14 +158,14 @@ def test_a_uri_store_shares_artifacts_and_records(tmp_path, data_dir):
     uri = f"file://{tmp_path / 'bucket'}/study"
     cfg = PipelineConfig().updated(data_dir=data_dir, epochs=2, rounds=2, sparsity=0.6)
     ctx = TrialContext("s", str(tmp_path / "local"), cfg, storage=uri)
-    rec = run_trial(asked("winning_ticket", 0.05, 0), ctx, "u1", None)
+    rec, = run_trial(asked("winning_ticket", 0.05, 0), ctx, "u1", None)
     store = ArtifactStore(ctx.artifact_root)
     assert not store.storage.local
     mask = rec.artifacts.mask
     assert (tmp_path / "bucket" / "study" / "artifacts" / mask / "meta.json").exists()
     assert (tmp_path / "bucket" / "study" / "trial-records" / "u1.json").exists()
     assert not (tmp_path / "local").exists()  # nothing of the trial's went to the driver's folder
-    again = run_trial(asked("random_reinit", 0.05, 0), ctx, "u2", None)
+    again, = run_trial(asked("random_reinit", 0.05, 0), ctx, "u2", None)
     assert again.artifacts.mask == mask  # found in the store, not recomputed
     kind, h = mask.split("-", 1)
     found = [a for a in (tmp_path / "bucket" / "study" / "artifacts").iterdir() if a.name == mask]

@@ -27,7 +27,7 @@ class TrialSpec:
 
     regime: str
     lr: float
-    seeds: tuple[int, ...]  # one seed for now; several seeds of one configuration may share a trial later
+    seeds: tuple[int, ...]  # the seeds trained (stacked where they can be): each seed its own record
     phase: str = "search"
     condition: str | None = None  # confirm trials only
     prune_round: int = 1  # the IMP round whose mask (or pruned network) the regime starts from
@@ -38,12 +38,23 @@ class TrialSpec:
             raise ValueError(f"phase must be one of {PHASES} (got {self.phase!r})")
         if self.condition is not None and self.condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS} (got {self.condition!r})")
-        if len(self.seeds) != 1:
-            raise ValueError(f"a trial trains one seed for now (got {self.seeds})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"a trial trains one or more distinct seeds (got {self.seeds})")
 
     @property
     def seed(self) -> int:
+        """The seed of a one-seed spec (every record's spec has one seed)."""
+        if len(self.seeds) != 1:
+            raise ValueError(f"a spec of {len(self.seeds)} seeds has no one seed")
         return self.seeds[0]
+
+    def per_seed(self) -> list["TrialSpec"]:
+        """One spec per seed: what each of the trial's records was asked."""
+        return [dataclasses.replace(self, seeds=(s,)) for s in self.seeds]
+
+    def record_ids(self, trial_id: str) -> list[str]:
+        """The ids of the trial's records: the Tune trial's id for one seed, ``<id>-s<seed>`` for several."""
+        return [trial_id] if len(self.seeds) == 1 else [f"{trial_id}-s{s}" for s in self.seeds]
 
     @property
     def group(self) -> str:

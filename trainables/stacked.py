@@ -164,16 +164,20 @@ class StackedTrainer:
                         "test_acc": test[k], "diverged": diverged, "seconds": seconds})
         return out
 
-    def run(self, stop_epoch: int | None = None) -> list[list[dict[str, Any]]]:
+    def run(self, stop_epoch: int | None = None, on_epoch=None) -> list[list[dict[str, Any]]]:
         """Every network's history up to ``stop_epoch`` (default: the schedule's end); a network's
-        history ends at the epoch it diverged, the others train on."""
+        history ends at the epoch it diverged, the others train on.  ``on_epoch(records)`` is called
+        after every epoch but the last (progress reports)."""
         stop = self.spec.epochs if stop_epoch is None else stop_epoch
         histories: list[list[dict[str, Any]]] = [[] for _ in range(self.k)]
         while self.epoch < stop and not all(self.diverged):
-            for k, rec in enumerate(self.run_epoch()):
+            records = self.run_epoch()
+            for k, rec in enumerate(records):
                 if not self.diverged[k]:
                     histories[k].append(rec)
                     self.diverged[k] = rec["diverged"]
+            if on_epoch is not None and self.epoch < stop and not all(self.diverged):
+                on_epoch(records)
         self.write_back()
         return histories
 

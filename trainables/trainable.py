@@ -24,6 +24,7 @@ from trainables.config import PipelineConfig
 from trainables.pipeline import Pipeline
 from trainables.records import Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec
 from trainables.regimes import get_regime
+from trainables.stacked import StackedTrainer, stackable
 from trainables.storage import Storage
 from trainables.training import Trainer, TrainState
 
@@ -67,8 +68,13 @@ def _device(ctx: TrialContext) -> torch.device:
     return torch.device("cuda" if ctx.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
 
-def _write_record(ctx: TrialContext, record: TrialRecord) -> None:
-    ctx.shared.write_text(ctx.record_location(record.trial_id), json.dumps(record.to_json()))
+def _write_records(ctx: TrialContext, trial_id: str, records: list[TrialRecord]) -> None:
+    """The trial's records, one per seed, in one file (the driver finalises them together)."""
+    ctx.shared.write_text(ctx.record_location(trial_id), json.dumps({"records": [r.to_json() for r in records]}))
+
+
+def read_records(text: str) -> list[TrialRecord]:
+    return [TrialRecord.from_json(d) for d in json.loads(text)["records"]]
 
 
 def _metrics(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -77,17 +83,34 @@ def _metrics(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
             "lr": rec["lr"], "diverged": rec["diverged"], **extra}
 
 
+def _mean_metrics(recs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """What Tune sees of a trial of several seeds: the mean over them (its search objective)."""
+    ms = [_metrics(r) for r in recs]
+    return {"epoch": max(m["epoch"] for m in ms), "lr": ms[0]["lr"], "diverged": all(m["diverged"] for m in ms),
+            **{k: sum(m[k] for m in ms) / len(ms) for k in ("val_acc", "test_acc", "train_loss")}, **extra}
+
+
+def _result_key(spec: TrialSpec, train, record: TrialRecord) -> dict[str, Any]:
+    """What determines a training's result (not the phase, condition or Optuna trial that asked)."""
+    return {"regime": spec.regime, "lr": spec.lr, "seeds": list(spec.seeds), "prune_round": spec.prune_round,
+            "train": train.as_dict(), "start": asdict(record.artifacts), "settings": record.settings}
+
+
 def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
-              report=None, checkpoint_dir: str | None = None) -> TrialRecord:
-    """One trial: start point from the regime, then the sparse network's training.
+              report=None, checkpoint_dir: str | None = None) -> list[TrialRecord]:
+    """One trial: the regime's start point for each of its seeds, then the sparse networks' training;
+    one record per seed (``TrialSpec.record_ids``).
 
-    The training is itself a cached artifact (``result``, keyed by the regime, LR, seeds, IMP round
-    and the pipeline's settings): a trial asked for a configuration already trained (a repeated
+    Each seed's training is itself a cached artifact (``result``, keyed by the regime, LR, seed, IMP
+    round and the pipeline's settings): a seed asked for a configuration already trained (a repeated
     search suggestion) is answered from that result without training (``reused_from`` names the
-    trial that trained it), and two trials asking for it at once train it once.
+    trial that trained it), and two trials asking for it at once train it once.  Several seeds that
+    still need training train together as one stacked network where they share their shapes
+    (``trainables.stacked``), else one after another.
 
-    ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune).
-    Returns the trial record.
+    ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune);
+    a trial of one seed checkpoints (see ``CHECKPOINT_MAX_GAP_S``), a trial of several does not (its
+    seeds train again if it is interrupted).  Returns the records.
     """
     started = time.time()
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
@@ -96,69 +119,95 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     spec = TrialSpec.from_config(config)
     store = ArtifactStore(ctx.artifact_root)
     pipe = Pipeline(ctx.pipeline, store, _device(ctx))
-    start = get_regime(spec.regime).make_start(pipe, spec.lr, spec.seed, spec.prune_round)
-    overall, per_layer = start.sparsity
-    record = TrialRecord(
-        study=ctx.study, trial_id=trial_id, spec=spec, settings=ctx.pipeline.flat(),
-        seeds=DerivedSeeds(**start.seeds), artifacts=Artifacts(**start.artifacts),
-        efficiency=Efficiency(**start.efficiency), stages=tuple(start.stages), achieved_sparsity=overall,
-        layer_sparsity=per_layer, diverged_stage=start.diverged_stage, started_at=started)
-    if not start.ready:  # diverged before the sparse network existed: report it as it is
-        last = start.stages[-1].history[-1]
-        record = record.replace(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
-                                train_loss=float("nan"), wall_seconds=time.time() - started, finished_at=time.time())
-        _write_record(ctx, record)
-        if report:
-            report(_metrics(last, diverged_stage=start.diverged_stage, sparsity=overall, done=True), None)
-        return record
+    regime = get_regime(spec.regime)
+    seeds, ids = spec.per_seed(), spec.record_ids(trial_id)
+    starts = [regime.make_start(pipe, spec.lr, s.seed, s.prune_round) for s in seeds]
+    records = []
+    for rid, one, start in zip(ids, seeds, starts):
+        overall, per_layer = start.sparsity
+        records.append(TrialRecord(
+            study=ctx.study, trial_id=rid, spec=one, settings=ctx.pipeline.flat(),
+            seeds=DerivedSeeds(**start.seeds), artifacts=Artifacts(**start.artifacts),
+            efficiency=Efficiency(**start.efficiency), stages=tuple(start.stages), achieved_sparsity=overall,
+            layer_sparsity=per_layer, diverged_stage=start.diverged_stage, started_at=started))
+    trains = [replace(pipe.train_spec(spec.lr, one.seed), **start.train) for one, start in zip(seeds, starts)]
+    keys = [_result_key(one, train, rec) for one, train, rec in zip(seeds, trains, records)]
+    ready = [i for i, start in enumerate(starts) if start.ready]
+    results: dict[int, Any] = {}
 
-    train = replace(pipe.train_spec(spec.lr, spec.seed), **start.train)  # the regime's epochs and schedule
-    resumed: list[int] = []
-
-    def compute(tmp) -> dict[str, Any]:
-        """The regime's training, reporting every epoch but the last (the trial's final report
-        follows its record)."""
+    def network(i: int):
+        start = starts[i]
         model = start.model.to(pipe.device) if start.model is not None else pipe.new_model()
         if start.weights is not None:
             model.load_state_dict(start.weights)
-        trainer = Trainer(model, pipe.splits, train, start.masks)
-        history: list[dict[str, Any]] = []
-        if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
-            saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
-            trainer.load_state(TrainState(**saved["state"]))
-            history = saved["history"]
-            resumed.append(trainer.epoch)
-        last_checkpoint = time.monotonic()
-        while True:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
-            rec = trainer.run_epoch()
-            history.append(rec)
-            if rec["diverged"] or trainer.epoch >= train.epochs:
-                return {"history": history, "trial_id": trial_id}
-            due = trainer.epoch % ctx.checkpoint_every == 0 or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S
-            if report and not due:
-                report(_metrics(rec, sparsity=overall, done=False), None)
-            elif report:
-                last_checkpoint = time.monotonic()
-                with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
-                    torch.save({"state": asdict(trainer.state()), "history": history}, Path(ckpt) / CHECKPOINT_FILE)
-                    report(_metrics(rec, sparsity=overall, done=False), ckpt)
+        return model
 
-    # what determines the result (not the phase, condition or Optuna trial that asked for it)
-    key = {"regime": spec.regime, "lr": spec.lr, "seeds": list(spec.seeds), "prune_round": spec.prune_round,
-           "train": train.as_dict(), "start": asdict(record.artifacts), "settings": record.settings}
-    result = store.get_or_create("result", key, compute)
-    history = result.meta["history"]
-    last = history[-1]
-    record = record.replace(
-        history=tuple(history), train_epochs=train.epochs, diverged=last["diverged"],
-        diverged_stage="final" if last["diverged"] else None, val_acc=last["val_acc"], test_acc=last["test_acc"],
-        train_loss=last["train_loss"], resumed_from_epoch=resumed[0] if resumed else None,
-        reused_from=result.meta["trial_id"] if result.meta["trial_id"] != trial_id else None,
-        wall_seconds=time.time() - started, finished_at=time.time())
-    _write_record(ctx, record)  # the record goes out before the last report: the trial counts as finished after it
+    resumed: list[int] = []
+    if len(seeds) == 1 and ready:
+        def compute(tmp) -> dict[str, Any]:
+            """The regime's training, reporting every epoch but the last (the trial's final report
+            follows its record)."""
+            trainer = Trainer(network(0), pipe.splits, trains[0], starts[0].masks)
+            history: list[dict[str, Any]] = []
+            if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
+                saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device,
+                                   weights_only=True)
+                trainer.load_state(TrainState(**saved["state"]))
+                history = saved["history"]
+                resumed.append(trainer.epoch)
+            last_checkpoint = time.monotonic()
+            while True:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
+                rec = trainer.run_epoch()
+                history.append(rec)
+                if rec["diverged"] or trainer.epoch >= trains[0].epochs:
+                    return {"history": history, "trial_id": ids[0]}
+                due = (trainer.epoch % ctx.checkpoint_every == 0
+                       or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S)
+                if report and not due:
+                    report(_metrics(rec, done=False), None)
+                elif report:
+                    last_checkpoint = time.monotonic()
+                    with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
+                        torch.save({"state": asdict(trainer.state()), "history": history},
+                                   Path(ckpt) / CHECKPOINT_FILE)
+                        report(_metrics(rec, done=False), ckpt)
+        results[0] = store.get_or_create("result", keys[0], compute)
+    elif ready:
+        results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
+        todo = [i for i in ready if i not in results]
+        models = [network(i) for i in todo]
+        if len(todo) > 1 and stackable(models) and len({replace(trains[i], seed=0) for i in todo}) == 1:
+            trainer = StackedTrainer(models, pipe.splits, [trains[i] for i in todo], [starts[i].masks for i in todo])
+            histories = trainer.run(on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None))
+                                    if report else None)
+        else:  # shapes or schedules differ (slimming's channel counts, Scratch-B's epochs), or BatchNorm
+            histories = [Trainer(model, pipe.splits, trains[i], starts[i].masks).run() for i, model in zip(todo, models)]
+        for i, history in zip(todo, histories):
+            results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
+                "history": h, "trial_id": rid})
+
+    finished = time.time()
+    for i, rec in enumerate(records):
+        if i not in results:  # diverged before the sparse network existed: reported as it is
+            last = starts[i].stages[-1].history[-1]
+            records[i] = rec.replace(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
+                                     train_loss=float("nan"), wall_seconds=finished - started, finished_at=finished)
+            continue
+        history = results[i].meta["history"]
+        last = history[-1]
+        records[i] = rec.replace(
+            history=tuple(history), train_epochs=trains[i].epochs, diverged=last["diverged"],
+            diverged_stage="final" if last["diverged"] else None, val_acc=last["val_acc"], test_acc=last["test_acc"],
+            train_loss=last["train_loss"], resumed_from_epoch=resumed[0] if resumed else None,
+            reused_from=results[i].meta["trial_id"] if results[i].meta["trial_id"] != ids[i] else None,
+            wall_seconds=finished - started, finished_at=finished)
+    _write_records(ctx, trial_id, records)  # the records go out before the last report: then the trial is done
     if report:
-        report(_metrics(last, sparsity=overall, done=True), None)  # a finished trial needs no checkpoint
-    return record
+        lasts = [(results[i].meta["history"] if i in results else starts[i].stages[-1].history)[-1]
+                 for i in range(len(records))]
+        sparsity = sum(r.achieved_sparsity or 0.0 for r in records) / len(records)
+        report(_mean_metrics(lasts, sparsity=sparsity, done=True), None)  # a finished trial needs no checkpoint
+    return records
 
 
 def regime_trial(config: dict[str, Any], ctx: TrialContext) -> None:
