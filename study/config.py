@@ -43,6 +43,15 @@ class SearchConfig(Settings):
                               "0 samples continuously", metavar="N")
     startup_trials: int = setting(10, "random trials before TPE models (per regime)")
     seed: int = setting(0, "seed of theta_0, data order, re-init draws (derived) and the TPE sampler")
+    search_seeds: int = setting(1, "seeds each search trial trains its LR on (trained together); its value is "
+                                   "their mean validation accuracy")
+
+    SEED_STRIDE: ClassVar[int] = 1_000_000  # search seeds --seed + j * stride: never a confirmation seed
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds of every search trial."""
+        return tuple(self.seed + j * self.SEED_STRIDE for j in range(self.search_seeds))
 
     def check(self) -> None:
         super().check()
@@ -52,6 +61,7 @@ class SearchConfig(Settings):
         require(self.lr_grid >= 0, "lr_grid",
                 f"must be 0 (continuous) or a positive number of points per decade (got {self.lr_grid})")
         require(self.startup_trials >= 1, "startup_trials", f"must be >= 1 (got {self.startup_trials})")
+        require(self.search_seeds >= 1, "search_seeds", f"must be >= 1 (got {self.search_seeds})")
         ranges = [("lr_min", "lr_max", None)] + [(*get_regime(r).lr_range, r) for r in self.regimes
                                                  if get_regime(r).lr_range]
         for lo, hi, regime in ranges:

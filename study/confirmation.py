@@ -30,12 +30,12 @@ def confirm_seeds(cfg: StudyConfig) -> list[int]:
 
 
 def candidate_lrs(trials: pd.DataFrame, n: int) -> dict[str, list[float]]:
-    """Each regime's ``n`` best distinct LRs of the search (completed trials, by validation accuracy;
-    a repeated LR counts once), best first."""
+    """Each regime's ``n`` best distinct LRs of the search (completed runs, by mean validation
+    accuracy over the search's seeds; a repeated LR counts once), best first."""
     done = trials[(trials["phase"] == "search") & (trials["status"] == "completed") & trials["val_acc"].notna()]
     out = {}
     for regime, g in done.groupby("regime", sort=False):
-        by_lr = g.groupby("lr")["val_acc"].max().sort_values(ascending=False, kind="stable")
+        by_lr = g.groupby("lr")["val_acc"].mean().sort_values(ascending=False, kind="stable")  # over search seeds
         out[regime] = [float(lr) for lr in by_lr.index[:n]]
     return out
 

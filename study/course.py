@@ -80,7 +80,7 @@ def run_regime(cfg: StudyConfig, regime: str, ctx, callback, concurrency: int, r
         # the driver died before Tune saved this regime: start it again, Optuna study included
         if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
             optuna.delete_study(study_name=name, storage=storage)
-    constants = {"regime": regime, "seeds": (s.seed,), "phase": "search", "prune_round": cfg.pruning.rounds}
+    constants = {"regime": regime, "seeds": s.seeds, "phase": "search", "prune_round": cfg.pruning.rounds}
     optuna_search = OptunaSearch(
         space=define_by_run(s.space(regime), constants), metric="val_acc", mode="max",
         sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials),
@@ -102,8 +102,11 @@ def close_orphans_of(cfg: StudyConfig, regime: str) -> None:
     from analysis.tables import load_records
     storage = f"sqlite:///{cfg.study_dir / 'optuna.db'}"
     study = optuna.load_study(study_name=optuna_study_name(cfg.execution.name, regime), storage=storage)
-    values = {r.spec.optuna_trial: r.val_acc for r in load_records(cfg.study_dir)
-              if r.spec.regime == regime and r.spec.phase == "search" and r.completed}
+    per_trial: dict[int, list[float]] = {}  # the trial's value: the mean over its seeds, as Tune reported it
+    for r in load_records(cfg.study_dir):
+        if r.spec.regime == regime and r.spec.phase == "search" and r.completed:
+            per_trial.setdefault(r.spec.optuna_trial, []).append(r.val_acc)
+    values = {t: sum(v) / len(v) for t, v in per_trial.items()}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.number in values:
             study.tell(t.number, values[t.number])
@@ -186,20 +189,23 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
             print(f"{caught} finished trials recorded that the interrupted run had not", flush=True)
     try:
         if search:
-            progress = Progress({r: s.num_samples for r in cfg.regimes})
+            runs = s.num_samples * s.search_seeds  # records: one per trial and seed
+            progress = Progress({r: runs for r in cfg.regimes})
             for regime in cfg.regimes:
                 cb = callback(progress)
                 done = cb.finished_count(regime)
-                if done >= s.num_samples:
+                if done >= runs:
                     print(f"--- {regime}: all {done} trials done before", flush=True)
                 else:
-                    print(f"--- {regime}: {s.num_samples} trials" + (f" ({done} done before)" if done else ""),
+                    print(f"--- {regime}: {s.num_samples} trials"
+                          + (f" of {s.search_seeds} seeds" if s.search_seeds > 1 else "")
+                          + (f" ({done} runs done before)" if done else ""),
                           flush=True)
                     run_regime(cfg, regime, ctx, cb, concurrency, resume)
                     cb.tables.flush()
                     if cb.failure:
                         raise DeterministicFailure(cb.failure)
-                    if cb.finished_count(regime) < s.num_samples:  # Tune stops gracefully on Ctrl-C
+                    if cb.finished_count(regime) < runs:  # Tune stops gracefully on Ctrl-C
                         raise KeyboardInterrupt
                 # also when every trial was done before: the last may have finished while the driver
                 # was down, its Optuna trial still RUNNING

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import run_cli
 
@@ -56,3 +57,19 @@ def test_the_same_command_twice_gives_the_same_answer_and_trains_nothing_twice(t
     sweep = confirm[confirm.prune_round == 1]
     assert set(zip(sweep.regime, sweep.lr)) == set(picked_lrs(t1).items()) and len(sweep) == 2 * 2
     assert "runners-up: " in verdicts(out1)[0] and "Detectable with 2 seeds" in verdicts(out1)[0]
+
+
+def test_a_search_judges_each_lr_on_several_seeds(tmp_path, ray_env, data_dir):
+    import optuna
+    r = run_cli(["--regimes", "winning_ticket", "--num-samples", "2", "--startup-trials", "2", "--search-seeds", "3",
+                 "--lr-grid", "2", "--lr-min", "0.03", "--lr-max", "0.3", "--epochs", "1", "--rounds", "1",
+                 "--no-confirm", "--root", str(tmp_path / "s"), "--name", "multi", "--data-dir", data_dir,
+                 "--num-cpus", "2"], ray_env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = tmp_path / "s" / "multi"
+    t = pq.read_table(study / "results" / "trials.parquet").to_pandas()
+    assert len(t) == 2 * 3 and sorted(set(t.seed)) == [0, 1_000_000, 2_000_000]  # a row per trial and seed
+    o = optuna.load_study(study_name="multi.winning_ticket", storage=f"sqlite:///{study / 'optuna.db'}")
+    for trial in o.trials:  # Optuna's value: the mean validation accuracy of the trial's seeds
+        rows = t[t.optuna_trial == trial.number]
+        assert len(rows) == 3 and trial.value == pytest.approx(rows.val_acc.mean())
