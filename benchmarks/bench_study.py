@@ -4,6 +4,8 @@ Runs ``python -m study.lottery --num-samples 64`` (plus any extra flags) in a te
 then reads the study's own Parquet tables:
 
 - wall time of the whole command (target: at most 10 minutes on a 2-core machine without GPU);
+- a profile: the share of the trial slots spent training and evaluating, the driver's start and
+  its finalisation;
 - training epochs used by the trials (pretraining + IMP rounds each trial started from, plus its
   own training) against the epochs actually trained (distinct shared artifacts + own training):
   their ratio is the compute sharing saves, measured on the same run.
@@ -35,7 +37,7 @@ def run_study(root: Path, name: str, num_samples: int, extra: list[str]) -> dict
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "study.lottery", "--num-samples", str(num_samples), "--root", str(root),
            "--name", name, *extra]
-    t0 = time.perf_counter()
+    t0, t0_epoch = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -45,7 +47,28 @@ def run_study(root: Path, name: str, num_samples: int, extra: list[str]) -> dict
     sh = sharing(epochs)
     return {"flags": cmd[3:], "wall_seconds": wall, "trials": len(trials),
             "epochs_used": sh.used_epochs + sh.final_epochs, "epochs_trained": sh.trained_epochs + sh.final_epochs,
-            "saved_fraction": sh.saved_fraction, "median_trial_seconds": float(trials["wall_seconds"].median())}
+            "saved_fraction": sh.saved_fraction, "median_trial_seconds": float(trials["wall_seconds"].median()),
+            "profile": profile(root / name, proc.stdout, wall, t0_epoch)}
+
+
+def profile(study: Path, stdout: str, wall: float, t0: float) -> dict:
+    """Where the wall time went: the trial slots (wall x trials at once) against the seconds spent
+    training and evaluating (every epoch trained in this study: the pretraining and IMP artifacts'
+    and the regimes' own, from their ``seconds``), the driver's start (until the first trial
+    started) and its finalisation (after the last trial finished: tables, report, MLflow)."""
+    import re
+
+    import pandas as pd
+    slots = int(re.search(r"up to (\d+) trials at once", stdout).group(1))
+    trained = 0.0
+    for meta_file in (study / "artifacts").glob("*/meta.json"):
+        meta = json.loads(meta_file.read_text())
+        trained += sum(e.get("seconds") or 0.0 for e in meta.get("history", []))
+    t = pd.read_parquet(study / "results" / "trials.parquet")
+    first = t["started_at"].min().timestamp() - t0
+    last = t["finished_at"].max().timestamp() - t0
+    return {"slots": slots, "slot_seconds": wall * slots, "training_seconds": trained,
+            "training_share": trained / (wall * slots), "start_seconds": first, "finalise_seconds": wall - last}
 
 
 def main() -> None:
@@ -64,6 +87,12 @@ def main() -> None:
               f"median trial {g['median_trial_seconds']:.1f} s")
         print(f"artifact sharing: {g['epochs_trained']} of {g['epochs_used']} training epochs trained "
               f"({100 * g['saved_fraction']:.0f}% saved)")
+        p = g["profile"]
+        print(f"profile: {p['slots']} trial slots x {g['wall_seconds']:.0f} s = {p['slot_seconds']:.0f} slot-seconds; "
+              f"training and evaluation {p['training_seconds']:.0f} s ({100 * p['training_share']:.0f}%); "
+              f"the driver's start until the first trial {p['start_seconds']:.0f} s, its finalisation after the "
+              f"last {p['finalise_seconds']:.0f} s; the rest is Ray scheduling, artifact I/O, MLflow and the "
+              f"driver's tables between trials, and slots idle while a batch of suggestions waits for its last trial")
         if a.compare_continuous:
             out["continuous"] = c = run_study(root, "continuous", a.num_samples, [*a.extra, "--lr-grid", "0"])
             print(f"continuous LRs: {c['wall_seconds']:.0f} s wall, {100 * c['saved_fraction']:.0f}% of epochs "
