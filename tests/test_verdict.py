@@ -9,9 +9,9 @@ import pytest
 
 from tests.conftest import run_cli
 
-# 5 grid points (0.01 .. 1 at 2 per decade) and 7 trials per regime: at least 2 repeats each
-ARGS = ["--regimes", "winning_ticket,random_reinit", "--num-samples", "7", "--startup-trials", "3",
-        "--lr-grid", "2", "--lr-min", "0.01", "--lr-max", "1", "--epochs", "1", "--rounds", "2",
+# 5 grid points (0.01 .. 1 at 2 per decade) and 6 trials per regime: at least one repeat each
+ARGS = ["--regimes", "winning_ticket,random_reinit", "--num-samples", "6", "--startup-trials", "3",
+        "--lr-grid", "2", "--lr-min", "0.01", "--lr-max", "1", "--epochs", "1", "--rounds", "1",
         "--confirm-seeds", "2", "--candidates", "2", "--no-fixed", "--num-cpus", "2"]
 
 
@@ -40,7 +40,7 @@ def test_the_same_command_twice_gives_the_same_answer_and_trains_nothing_twice(t
     trained = search1[search1.reused_from.isna() & search1.train_epochs.notna()]
     assert not trained.duplicated(["regime", "lr", "seed", "prune_round"]).any()  # each trained once
     repeats = search1[search1.reused_from.notna()]
-    assert len(repeats) >= 2 * 2  # 7 suggestions on 5 points, per regime
+    assert len(repeats) >= 2  # 6 suggestions on 5 points, per regime
     first = trained.set_index("trial_id")
     for _, r in repeats.iterrows():  # answered from the trial that trained it: the same numbers
         src = first.loc[r.reused_from]
@@ -49,13 +49,13 @@ def test_the_same_command_twice_gives_the_same_answer_and_trains_nothing_twice(t
     assert len(results) == len(t1[t1.reused_from.isna() & t1.train_epochs.notna()])  # one per configuration
     assert re.search(r"winning_ticket .* \d+ +[1-5] +\d+\n", out1)  # the summary's distinct-LR count
 
-    # the tuned LR: each regime's 2 best search LRs on both fresh seeds, the better on validation picked,
-    # then the sparsity sweep at the picked LR only
+    # the tuned LR: each regime's 2 best search LRs on both fresh seeds, the better on validation picked
+    # (the sweep after it, at the picked LR only: tests/test_stats.py, the plan)
     from analysis.stats import picked_lrs
     confirm = t1[t1.phase == "confirm"]
-    assert (confirm[confirm.prune_round == 2].groupby("regime").lr.nunique() == 2).all()
-    sweep = confirm[confirm.prune_round == 1]
-    assert set(zip(sweep.regime, sweep.lr)) == set(picked_lrs(t1).items()) and len(sweep) == 2 * 2
+    assert (confirm.groupby("regime").lr.nunique() == 2).all() and len(confirm) == 2 * 2 * 2
+    picked = picked_lrs(t1)
+    assert f"at LR {picked['winning_ticket']:.3g}" in verdicts(out1)[0]
     assert "runners-up: " in verdicts(out1)[0] and "Detectable with 2 seeds" in verdicts(out1)[0]
 
 
