@@ -186,7 +186,7 @@ class StudyCallback(tune.Callback):
         spec = record.spec
         record = record.replace(
             mlflow_run_id=self._run_id(record.trial_id, spec), optuna_study=self._optuna_study(spec),
-            study_hash=self.study_hash, trial_hash=spec_hash({"study": self.study_hash, **spec.result_key()}))
+            study_hash=self.study_hash, trial_hash=spec_hash({"study": self.study_hash, **spec.settings_key()}))
         if record.completed:
             self.tracker.finish_child(record.mlflow_run_id, record)
         else:

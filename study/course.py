@@ -276,19 +276,15 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
         for spec in specs:
             totals[spec.group] = totals.get(spec.group, 0) + len(spec.seeds)
         cb = callback(Progress(totals, out))
-        asked = [one for spec in specs for one in spec.per_seed()]  # one record per seed
-        done = {(r.spec.regime, r.spec.lr, r.spec.seed, r.spec.condition, r.spec.prune_round)
-                for r in cb.records.values() if r.spec.phase == "confirm" and r.completed}
-        if any((s.regime, s.lr, s.seed, s.condition, s.prune_round) not in done for s in asked):
+        asked = {one for spec in specs for one in spec.per_seed()}  # a record's spec: one seed
+        if asked - {r.spec for r in cb.records.values() if r.completed}:
             run_experiment(cfg, name, ctx, cb, concurrency, {"trial_dirname_creator": confirm_dirname},
                            {"spec": tune.grid_search([sp.as_config()["spec"] for sp in specs])}, resume)
         cb.tables.flush()
         if cb.failure:
             raise DeterministicFailure(cb.failure)
         # from disk: after Tuner.restore the events go to Tune's own copy of the callback
-        finished = {(r.spec.regime, r.spec.lr, r.spec.seed, r.spec.condition, r.spec.prune_round)
-                    for r in load_records(cfg.study_dir) if r.spec.phase == "confirm"}
-        return all((s.regime, s.lr, s.seed, s.condition, s.prune_round) in finished for s in asked)
+        return not asked - {r.spec for r in load_records(cfg.study_dir)}
 
     if not stage("confirm", first):
         return False

@@ -77,8 +77,8 @@ class TrialSpec:
         d["lr"] = float(d["lr"])
         return cls(**d)
 
-    def result_key(self) -> dict[str, Any]:
-        """What determines the trial's result (not which Optuna trial asked for it)."""
+    def settings_key(self) -> dict[str, Any]:
+        """The trial's settings for its hash (``trial_hash``): all but which Optuna trial asked."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "optuna_trial"}
 
 
