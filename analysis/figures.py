@@ -17,13 +17,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from analysis import design  # noqa: E402
 from analysis.stats import confirm_rows, mean_interval, only_picked  # noqa: E402
+from trainables.records import CONDITIONS  # noqa: E402
 from trainables.regimes import REGIMES  # noqa: E402
 from trainables.storage import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FIGURES = ("lr_curve", "confirmed", "learning_curves", "sparsity")
-CONDITIONS = ("tuned", "fixed_small", "fixed_large")
 # regimes without a colour of their own, in the order first met: colours no registered regime uses
 _EXTRA_COLORS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 _EXTRA_ASSIGNED: dict[str, str] = {}

@@ -16,10 +16,10 @@ import pandas as pd
 from scipy import stats
 
 from analysis.design import DEFAULT_CONTRASTS, LOTTERY, sort_regimes
+from trainables.records import CONDITIONS  # the confirmation's conditions, in report order
 
 ALPHA = 0.05
 DEFAULT_MARGIN_POINTS = 1.0  # equivalence margin, in accuracy points (1 point = 0.01 accuracy)
-CONDITION_ORDER = ("tuned", "fixed_small", "fixed_large")
 _ZERO_SE = 1e-12  # a standard error at or below this counts as zero variance
 
 SUMMARY_COLUMNS = ["condition", "regime", "lr", "n", "mean", "sd", "low", "high"]
@@ -262,8 +262,8 @@ def _lr(lrs: pd.Series) -> float:
 def _conditions(rows: pd.DataFrame) -> list:
     """Conditions in the order tuned, fixed_small, fixed_large, then the others sorted (null last)."""
     present = list(pd.unique(rows["condition"]))
-    known = [c for c in CONDITION_ORDER if c in present]
-    others = sorted(c for c in present if isinstance(c, str) and c not in CONDITION_ORDER)
+    known = [c for c in CONDITIONS if c in present]
+    others = sorted(c for c in present if isinstance(c, str) and c not in CONDITIONS)
     nulls = [c for c in present if not isinstance(c, str)][:1]
     return known + others + nulls
 

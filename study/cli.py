@@ -110,9 +110,9 @@ def build_parser(kind: str = "lottery") -> argparse.ArgumentParser:
     defaults = preset(kind)
     groups = {}
     for part, f in section_fields(defaults):
-        if part.section not in groups:
-            groups[part.section] = p.add_argument_group(part.title)
-        add_flags(groups[part.section], part, f)
+        if part.title not in groups:
+            groups[part.title] = p.add_argument_group(part.title)
+        add_flags(groups[part.title], part, f)
     return p
 
 
@@ -135,15 +135,13 @@ def _resolved(cfg: StudyConfig) -> StudyConfig:
 
 
 def study_config(given: dict[str, Any], kind: str) -> StudyConfig:
-    """The study that ``given`` (flag values by field name) asks for, checked; raises BadFlag."""
+    """The study that ``given`` (flag values by field name) asks for, checked; raises BadFlag or
+    ConfigError (both one line that names the flag)."""
     import_plugins(given.get("plugins", ()))
     if given.get("resume"):
-        return _resumed(given, kind)
-    try:
-        cfg = _resolved(preset(kind).updated(**given))
-        cfg.check()
-    except ConfigError as e:
-        raise BadFlag(flag(e.name), e.message) from None
+        return _resumed(given)
+    cfg = _resolved(preset(kind).updated(**given))
+    cfg.check()
     preflight.check_pipeline(cfg.pipeline)
     if cfg.execution.name is None:
         cfg = cfg.updated(name=f"{kind}-{cfg.study_hash()[:10]}")
@@ -155,7 +153,7 @@ def study_config(given: dict[str, Any], kind: str) -> StudyConfig:
     return cfg
 
 
-def _resumed(given: dict[str, Any], kind: str) -> StudyConfig:
+def _resumed(given: dict[str, Any]) -> StudyConfig:
     """The interrupted study's own config; only the flags ``--resume`` allows may change it."""
     allowed = {"resume", "root", "name", *ExecutionConfig.RESUMABLE}
     extra = [flag(k) for k in given if k not in allowed]
@@ -172,10 +170,7 @@ def _resumed(given: dict[str, Any], kind: str) -> StudyConfig:
     cfg = load_study_config(study_dir)
     changes = {k: v for k, v in given.items() if k in ExecutionConfig.RESUMABLE}
     cfg = cfg.updated(root=str(Path(given.get("root", cfg.execution.root))), resume=True, **changes)
-    try:
-        cfg.execution.check()
-    except ConfigError as e:
-        raise BadFlag(flag(e.name), e.message) from None
+    cfg.execution.check()
     import_plugins(cfg.execution.plugins)
     check_surroundings(cfg)
     return cfg
@@ -206,7 +201,7 @@ def parse(argv: Sequence[str] | None = None, kind: str = "lottery") -> StudyConf
     given = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
     try:
         return study_config(given, kind)
-    except BadFlag as e:
+    except (BadFlag, ConfigError) as e:
         parser.error(str(e))
 
 

@@ -29,7 +29,6 @@ def _regimes() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SearchConfig(Settings):
-    section: ClassVar[str] = "search"
     title: ClassVar[str] = "search"
 
     num_samples: int = setting(64, "trials per regime")
@@ -81,7 +80,6 @@ class SearchConfig(Settings):
 
 @dataclass(frozen=True)
 class ConfirmationConfig(Settings):
-    section: ClassVar[str] = "confirmation"
     title: ClassVar[str] = "confirmation (fresh seeds at each regime's best search LRs, and at two fixed LRs)"
 
     confirm: bool = setting(True, "skip the confirmation (run it later with python -m study.confirm <study folder>)")
@@ -111,7 +109,6 @@ class ConfirmationConfig(Settings):
 class ExecutionConfig(Settings):
     """Where and how the study runs and is stored: never part of its hash."""
 
-    section: ClassVar[str] = "execution"
     title: ClassVar[str] = "execution and storage"
 
     root: str = setting("studies", "folder that holds study folders")
@@ -242,7 +239,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "rethinking": {
         "regimes": ("fine_tune", "scratch_e", "scratch_b"), "method": "l1-filter", "prune_ratio": 0.5,
         "model": "conv1d", "num_samples": 16, "startup_trials": 8, "rounds": 1, "lr_coupling": "retrain",
-        "pretrain_lr": 0.1, "lr_min": 1e-2, "lr_max": 1.0, "confirm_seeds": 10, "fixed": False, "sweep": False,
+        "pretrain_lr": 0.1, "lr_min": 1e-2, "lr_max": 1.0, "fixed": False, "sweep": False,
     },
 }
 

@@ -11,7 +11,7 @@ from study.cli import confirm_parser
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The study's own config, with the confirmation's flags given here."""
-    from trainables.config import ConfigError, flag
+    from trainables.config import ConfigError
     p = confirm_parser()
     given = vars(p.parse_args(list(sys.argv[1:] if argv is None else argv)))
     study_dir = Path(given.pop("study_dir")).resolve()
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = cfg.updated(confirm=True, **given)
         cfg.confirmation.check()
     except ConfigError as e:
-        p.error(f"{flag(e.name)} {e.message}")
+        p.error(str(e))
     import pyarrow.parquet as pq
     if "confirm" in set(pq.read_table(trials_file, columns=["phase"]).column("phase").to_pylist()):
         p.error(f"study_dir already has a confirmation ({study_dir}); its report: python -m analysis.report {study_dir}")

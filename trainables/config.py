@@ -61,7 +61,6 @@ def choices_of(cls: type, name: str) -> tuple[str, ...] | None:
 class Settings:
     """Behaviour shared by every config: each checks its own fields, and all nest."""
 
-    section: ClassVar[str] = ""  # the name of this config inside its parent (and of its --help group)
     title: ClassVar[str] = ""  # the --help group's title
 
     def check(self) -> None:
@@ -115,7 +114,7 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: tuples become lists."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Settings":
@@ -140,11 +139,14 @@ def _nested_type(cls: type, name: str) -> type | None:
     return type(probe) if isinstance(probe, Settings) else None
 
 
-def _plain(x: Any) -> Any:
+def plain(x: Any) -> Any:
+    """JSON-ready: tuples become lists, NaN becomes null (a diverged loss)."""
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
+    if isinstance(x, float) and math.isnan(x):
+        return None
     return x
 
 
@@ -178,7 +180,6 @@ def default_data_dir() -> str:
 
 @dataclass(frozen=True)
 class DataConfig(Settings):
-    section: ClassVar[str] = "data"
     title: ClassVar[str] = "data"
 
     dataset: str = setting("mnist1d", "the data set", choices=DATASET_NAMES)
@@ -202,7 +203,6 @@ class DataConfig(Settings):
 
 @dataclass(frozen=True)
 class ModelConfig(Settings):
-    section: ClassVar[str] = "model"
     title: ClassVar[str] = "model"
 
     model: str = setting("mlp", "the network", choices=MODEL_NAMES)
@@ -217,7 +217,6 @@ class ModelConfig(Settings):
 
 @dataclass(frozen=True)
 class TrainingConfig(Settings):
-    section: ClassVar[str] = "training"
     title: ClassVar[str] = "training (pretraining, IMP rounds and retraining alike)"
 
     epochs: int = setting(20, "epochs of every training run")
@@ -256,7 +255,6 @@ def _method_help() -> str:
 
 @dataclass(frozen=True)
 class PruningConfig(Settings):
-    section: ClassVar[str] = "pruning"
     title: ClassVar[str] = "pruning"
 
     sparsity: float = setting(0.8, "target fraction of prunable weights removed, in (0, 1)")
@@ -284,6 +282,7 @@ class PruningConfig(Settings):
         return get_method(self.method).structured
 
     def check(self) -> None:
+        from trainables.methods import get_method
         super().check()
         require(0 < self.sparsity < 1, "sparsity", f"must be in (0, 1) (got {self.sparsity:g})")
         require(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})")
@@ -291,10 +290,11 @@ class PruningConfig(Settings):
         require(not structured or self.rounds == 1, "rounds",
                 f"must be 1 with a structured --method (got {self.rounds})")
         require(0 < self.prune_ratio < 1, "prune_ratio", f"must be in (0, 1) (got {self.prune_ratio:g})")
-        require(self.preset is None or self.method == "l1-filter", "preset",
-                f"applies to --method l1-filter only (got {self.method})")
-        require(self.layer_ratios is None or self.method == "l1-filter", "layer_ratios",
-                f"applies to --method l1-filter only (got {self.method})")
+        per_layer = structured and get_method(self.method).allocation == "layer"  # l1-filter, or a plugin's
+        require(self.preset is None or per_layer, "preset",
+                f"applies to structured methods with per-layer ratios (l1-filter) only (got {self.method})")
+        require(self.layer_ratios is None or per_layer, "layer_ratios",
+                f"applies to structured methods with per-layer ratios (l1-filter) only (got {self.method})")
         require(self.layer_ratios is None or self.preset is None, "layer_ratios", "and --preset exclude each other")
         require(self.layer_ratios is None or all(0 <= r < 1 for _, r in self.layer_ratios), "layer_ratios",
                 "ratios must be in [0, 1)")

@@ -8,7 +8,7 @@ and metrics and the trials table's columns all come from these fields:
 - a *stage* is a training run inside a trial: ``pretrain``, ``imp_round_<r>``, ``final``;
 - a *condition* is how a confirmation trial's LR was chosen: ``tuned``, ``fixed_small``, ``fixed_large``.
 
-Only the standard library is imported here.
+Nothing heavy is imported here.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from trainables.config import plain
 
 PHASES = ("search", "confirm")
 CONDITIONS = ("tuned", "fixed_small", "fixed_large")
@@ -174,7 +176,7 @@ class TrialRecord:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TrialRecord":
@@ -197,13 +199,3 @@ class TrialRecord:
                     out[f.metadata["metric"] or f.name] = float(v)
         out.update({k: float(v) for k, v in dataclasses.asdict(self.efficiency).items() if v is not None})
         return out
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else x
-    return x

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,12 +31,13 @@ from trainables.data import Splits, _check_augment, _crop_flip, _crop_flip_draws
 from trainables.training import TrainSpec, lr_factor
 
 
-def stackable(models: list[nn.Module]) -> bool:
-    """The networks share every parameter's shape and have no BatchNorm."""
+def stackable(models: list[nn.Module], specs: list[TrainSpec] | None = None) -> bool:
+    """The networks share every parameter's shape and have no BatchNorm, and their training runs
+    (``specs``) share every setting but the seed."""
     if not models or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
         return False
     shapes = [[(n, p.shape) for n, p in m.named_parameters()] for m in models]
-    return all(s == shapes[0] for s in shapes)
+    return all(s == shapes[0] for s in shapes) and len({replace(s, seed=0) for s in specs or ()}) <= 1
 
 
 def _mlp_plan(model: nn.Module) -> list[tuple[str, str]] | None:
@@ -59,11 +61,9 @@ class StackedTrainer:
 
     def __init__(self, models: list[nn.Module], splits: Splits, specs: list[TrainSpec],
                  masks: list[dict[str, torch.Tensor] | None] | None = None):
-        if not stackable(models):
-            raise ValueError("the networks differ in shape or have BatchNorm: train them one by one")
-        common = {k: v for k, v in specs[0].as_dict().items() if k != "seed"}
-        if any({k: v for k, v in s.as_dict().items() if k != "seed"} != common for s in specs):
-            raise ValueError("stacked networks share every training setting but the seed")
+        if not stackable(models, specs):
+            raise ValueError("stacked networks share their shapes (no BatchNorm) and every training setting but "
+                             "the seed: train these one by one")
         self.splits, self.specs, self.spec = splits, specs, specs[0]
         self.k = len(models)
         device = next(models[0].parameters()).device

@@ -123,17 +123,17 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     seeds, ids = spec.per_seed(), spec.record_ids(trial_id)
     starts = [regime.make_start(pipe, spec.lr, s.seed, s.prune_round) for s in seeds]
     records = []
+    settings = ctx.pipeline.flat()
     for rid, one, start in zip(ids, seeds, starts):
         overall, per_layer = start.sparsity
         records.append(TrialRecord(
-            study=ctx.study, trial_id=rid, spec=one, settings=ctx.pipeline.flat(),
+            study=ctx.study, trial_id=rid, spec=one, settings=settings,
             seeds=DerivedSeeds(**start.seeds), artifacts=Artifacts(**start.artifacts),
             efficiency=Efficiency(**start.efficiency), stages=tuple(start.stages), achieved_sparsity=overall,
             layer_sparsity=per_layer, diverged_stage=start.diverged_stage, started_at=started))
     trains = [replace(pipe.train_spec(spec.lr, one.seed), **start.train) for one, start in zip(seeds, starts)]
     keys = [_result_key(one, train, rec) for one, train, rec in zip(seeds, trains, records)]
     ready = [i for i, start in enumerate(starts) if start.ready]
-    results: dict[int, Any] = {}
 
     def network(i: int):
         start = starts[i]
@@ -142,50 +142,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
             model.load_state_dict(start.weights)
         return model
 
-    resumed: list[int] = []
     if len(seeds) == 1 and ready:
-        def compute(tmp) -> dict[str, Any]:
-            """The regime's training, reporting every epoch but the last (the trial's final report
-            follows its record)."""
-            trainer = Trainer(network(0), pipe.splits, trains[0], starts[0].masks)
-            history: list[dict[str, Any]] = []
-            if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
-                saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device,
-                                   weights_only=True)
-                trainer.load_state(TrainState(**saved["state"]))
-                history = saved["history"]
-                resumed.append(trainer.epoch)
-            last_checkpoint = time.monotonic()
-            while True:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
-                rec = trainer.run_epoch()
-                history.append(rec)
-                if rec["diverged"] or trainer.epoch >= trains[0].epochs:
-                    return {"history": history, "trial_id": ids[0]}
-                due = (trainer.epoch % ctx.checkpoint_every == 0
-                       or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S)
-                if report and not due:
-                    report(_metrics(rec, done=False), None)
-                elif report:
-                    last_checkpoint = time.monotonic()
-                    with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
-                        torch.save({"state": asdict(trainer.state()), "history": history},
-                                   Path(ckpt) / CHECKPOINT_FILE)
-                        report(_metrics(rec, done=False), ckpt)
-        results[0] = store.get_or_create("result", keys[0], compute)
-    elif ready:
-        results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
-        todo = [i for i in ready if i not in results]
-        models = [network(i) for i in todo]
-        if len(todo) > 1 and stackable(models) and len({replace(trains[i], seed=0) for i in todo}) == 1:
-            trainer = StackedTrainer(models, pipe.splits, [trains[i] for i in todo], [starts[i].masks for i in todo])
-            histories = trainer.run(on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None))
-                                    if report else None)
-        else:  # shapes or schedules differ (slimming's channel counts, Scratch-B's epochs), or BatchNorm
-            histories = [Trainer(model, pipe.splits, trains[i], starts[i].masks).run() for i, model in zip(todo, models)]
-        for i, history in zip(todo, histories):
-            results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
-                "history": h, "trial_id": rid})
-
+        results, resumed = _train_alone(ctx, store, pipe, lambda: network(0), starts[0], trains[0], keys[0], ids[0],
+                                        report, checkpoint_dir)
+    else:
+        results, resumed = _train_together(store, pipe, network, starts, trains, keys, ids, ready, report), None
     finished = time.time()
     for i, rec in enumerate(records):
         if i not in results:  # diverged before the sparse network existed: reported as it is
@@ -198,7 +159,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         records[i] = rec.replace(
             history=tuple(history), train_epochs=trains[i].epochs, diverged=last["diverged"],
             diverged_stage="final" if last["diverged"] else None, val_acc=last["val_acc"], test_acc=last["test_acc"],
-            train_loss=last["train_loss"], resumed_from_epoch=resumed[0] if resumed else None,
+            train_loss=last["train_loss"], resumed_from_epoch=resumed,
             reused_from=results[i].meta["trial_id"] if results[i].meta["trial_id"] != ids[i] else None,
             wall_seconds=finished - started, finished_at=finished)
     _write_records(ctx, trial_id, records)  # the records go out before the last report: then the trial is done
@@ -208,6 +169,60 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         sparsity = sum(r.achieved_sparsity or 0.0 for r in records) / len(records)
         report(_mean_metrics(lasts, sparsity=sparsity, done=True), None)  # a finished trial needs no checkpoint
     return records
+
+
+def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, start, train, key, rid: str,
+                 report, checkpoint_dir: str | None) -> tuple[dict[int, Any], int | None]:
+    """A trial of one seed: its training as a ``result`` artifact, reporting every epoch but the last
+    (the trial's final report follows its record), checkpointed, resumed from ``checkpoint_dir``;
+    returns ({0: the result}, the epoch it resumed from)."""
+    resumed: list[int] = []
+
+    def compute(tmp) -> dict[str, Any]:
+        trainer = Trainer(network(), pipe.splits, train, start.masks)  # built only when it trains
+        history: list[dict[str, Any]] = []
+        if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
+            saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
+            trainer.load_state(TrainState(**saved["state"]))
+            history = saved["history"]
+            resumed.append(trainer.epoch)
+        last_checkpoint = time.monotonic()
+        while True:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
+            rec = trainer.run_epoch()
+            history.append(rec)
+            if rec["diverged"] or trainer.epoch >= train.epochs:
+                return {"history": history, "trial_id": rid}
+            due = (trainer.epoch % ctx.checkpoint_every == 0
+                   or time.monotonic() - last_checkpoint >= CHECKPOINT_MAX_GAP_S)
+            if report and not due:
+                report(_metrics(rec, done=False), None)
+            elif report:
+                last_checkpoint = time.monotonic()
+                with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
+                    torch.save({"state": asdict(trainer.state()), "history": history}, Path(ckpt) / CHECKPOINT_FILE)
+                    report(_metrics(rec, done=False), ckpt)
+    result = store.get_or_create("result", key, compute)
+    return {0: result}, (resumed[0] if resumed else None)
+
+
+def _train_together(store: ArtifactStore, pipe: Pipeline, network, starts, trains, keys, ids,
+                    ready: list[int], report) -> dict[int, Any]:
+    """A trial of several seeds: those with a ``result`` already are answered from it; the others
+    train as one stacked network where they can (``trainables.stacked.stackable``), else one after
+    another, and their results are stored.  No checkpoints."""
+    results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
+    todo = [i for i in ready if i not in results]
+    models = [network(i) for i in todo]
+    if len(todo) > 1 and stackable(models, [trains[i] for i in todo]):
+        trainer = StackedTrainer(models, pipe.splits, [trains[i] for i in todo], [starts[i].masks for i in todo])
+        histories = trainer.run(on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None))
+                                if report else None)
+    else:  # shapes or schedules differ (slimming's channel counts, Scratch-B's epochs), or BatchNorm
+        histories = [Trainer(model, pipe.splits, trains[i], starts[i].masks).run() for i, model in zip(todo, models)]
+    for i, history in zip(todo, histories):
+        results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
+            "history": h, "trial_id": rid})
+    return results
 
 
 def regime_trial(config: dict[str, Any], ctx: TrialContext) -> None:
