@@ -157,7 +157,7 @@ class StudyCallback(tune.Callback):
         for name in self.shared.list_names(self.shared.join(TRIAL_RECORDS), ".json"):
             for record in read_records(self.shared.read_text(self.shared.join(TRIAL_RECORDS, name))):
                 if record.trial_id not in self.records:
-                    self._finalise(record)
+                    self.finalise(record)
                     done += 1
         return done
 
@@ -179,7 +179,7 @@ class StudyCallback(tune.Callback):
             self.progress.start(spec.group, rid)
             self._run_id(rid, one)
 
-    def _finalise(self, record: TrialRecord) -> TrialRecord:
+    def finalise(self, record: TrialRecord) -> TrialRecord:
         """Enrich the record, close its MLflow run, then write the driver's copy (the source of the
         Parquet tables): a record on disk means its run is closed too, so an interrupted driver
         redoes at most the MLflow step."""
@@ -206,16 +206,18 @@ class StudyCallback(tune.Callback):
         for record in read_records(self.shared.read_text(written)):
             if record.trial_id in self.records and self.records[record.trial_id].completed:
                 continue  # finished before an interruption, then re-run from a checkpoint: counted once
-            self._finalise(record)
+            self.finalise(record)
 
     def _error(self, trial, message: str) -> None:
+        self.record_error(TrialSpec.from_config(trial.config), trial.trial_id, message)
+
+    def record_error(self, spec: TrialSpec, trial_id: str, message: str) -> None:
         """An error record for each of the trial's seeds."""
-        spec = TrialSpec.from_config(trial.config)
-        for rid, one in zip(spec.record_ids(trial.trial_id), spec.per_seed()):
+        for rid, one in zip(spec.record_ids(trial_id), spec.per_seed()):
             if rid in self.records and self.records[rid].status == "error":
                 continue  # recorded when the study stopped
-            self._finalise(TrialRecord(self.study, rid, one, self.settings, status="error", error=message,
-                                       finished_at=time.time()))
+            self.finalise(TrialRecord(self.study, rid, one, self.settings, status="error", error=message,
+                                      finished_at=time.time()))
 
     def _note_failure(self, trial) -> str:
         """Remember the trial's error; when the first FAILURES_TO_STOP trials of its group failed

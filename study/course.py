@@ -1,5 +1,5 @@
 """The course of a study, shared by ``study.lottery``, ``study.rethinking`` and ``study.confirm``:
-the search (one Optuna study per regime driving Ray Tune trials), the confirmation on fresh seeds,
+the search (the regimes side by side, one Optuna study each driving Ray Tune trials: ``study.search``), the confirmation on fresh seeds,
 and the finalisation (tables, report, summary, the MLflow parent run).
 
 Every trial is an MLflow child run of the study's parent run and a row of
@@ -63,34 +63,32 @@ def max_concurrent(cfg: StudyConfig) -> tuple[int, str]:
             capacity.describe(x.cpus_per_trial, x.gpus_per_trial))
 
 
-def run_regime(cfg: StudyConfig, regime: str, ctx, callback, concurrency: int, resume: bool = False) -> None:
-    """One regime's LR search: an Optuna study (persisted in optuna.db) driving Ray Tune trials."""
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+def search_batch(concurrency: int, regimes: int) -> int:
+    """Suggestions needing training at a time per regime: the slots shared by the regimes searched
+    side by side (rounded up, so no slot waits for want of a suggestion)."""
+    return max(1, -(-concurrency // regimes))
 
-    from search_spaces.lottery import define_by_run
+
+def run_search(cfg: StudyConfig, regimes: list[str], ctx, callback, concurrency: int, resume: bool = False) -> None:
+    """The regimes' LR searches side by side in one Ray Tune experiment (``study.search``): one
+    Optuna study per regime (persisted in optuna.db), repeats answered without a trial."""
+    import optuna
+    from ray import tune
+
+    from study.search import StudySearch, search_dirname
     from study.tuning import experiment_path, run_experiment
 
-    s = cfg.search
-    storage = optuna.storages.RDBStorage(f"sqlite:///{cfg.study_dir / 'optuna.db'}")
-    name = optuna_study_name(cfg.execution.name, regime)
-    from ray import tune
-    if resume and not tune.Tuner.can_restore(experiment_path(cfg, regime)):
-        # the driver died before Tune saved this regime: start it again, Optuna study included
-        if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-            optuna.delete_study(study_name=name, storage=storage)
-    constants = {"regime": regime, "seeds": s.seeds, "phase": "search", "prune_round": cfg.pruning.rounds}
-    optuna_search = OptunaSearch(
-        space=define_by_run(s.space(regime), constants), metric="val_acc", mode="max",
-        sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials),
-        study_name=name, storage=storage)
-    # Suggestions in fixed batches of `concurrency`: the next batch is asked for once every trial of
-    # this one has told its result, so what TPE suggests never depends on which trial finished first
-    # (the same command gives the same LRs and verdicts twice)
-    searcher = ConcurrencyLimiter(optuna_search, max_concurrent=concurrency, batch=True)
-    run_experiment(cfg, regime, ctx, callback, concurrency,
-                   {"search_alg": searcher, "num_samples": s.num_samples}, resume=resume)
+    storage = f"sqlite:///{cfg.study_dir / 'optuna.db'}"
+    if resume and not tune.Tuner.can_restore(experiment_path(cfg, "search")):
+        # the driver died before Tune saved the search: start it again, Optuna studies included
+        names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+        for regime in regimes:
+            if optuna_study_name(cfg.execution.name, regime) in names:
+                optuna.delete_study(study_name=optuna_study_name(cfg.execution.name, regime), storage=storage)
+    searcher = StudySearch(cfg, regimes, search_batch(concurrency, len(regimes)), concurrency, callback)
+    run_experiment(cfg, "search", ctx, callback, concurrency,
+                   {"search_alg": searcher, "num_samples": cfg.search.num_samples * len(regimes),
+                    "trial_dirname_creator": search_dirname}, resume=resume)
 
 
 def close_orphans_of(cfg: StudyConfig, regime: str) -> None:
@@ -100,13 +98,10 @@ def close_orphans_of(cfg: StudyConfig, regime: str) -> None:
     import optuna
 
     from analysis.tables import load_records
+    from study.search import search_values
     storage = f"sqlite:///{cfg.study_dir / 'optuna.db'}"
     study = optuna.load_study(study_name=optuna_study_name(cfg.execution.name, regime), storage=storage)
-    per_trial: dict[int, list[float]] = {}  # the trial's value: the mean over its seeds, as Tune reported it
-    for r in load_records(cfg.study_dir):
-        if r.spec.regime == regime and r.spec.phase == "search" and r.completed:
-            per_trial.setdefault(r.spec.optuna_trial, []).append(r.val_acc)
-    values = {t: sum(v) / len(v) for t, v in per_trial.items()}
+    values = search_values(load_records(cfg.study_dir), regime)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.number in values:
             study.tell(t.number, values[t.number])
@@ -191,22 +186,23 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
         if search:
             runs = s.num_samples * s.search_seeds  # records: one per trial and seed
             progress = Progress({r: runs for r in cfg.regimes})
+            cb = callback(progress)
+            done = {r: cb.finished_count(r) for r in cfg.regimes}
+            todo = [r for r in cfg.regimes if done[r] < runs]
+            if not todo:
+                print(f"--- search: all {s.num_samples} trials of every regime done before", flush=True)
+            else:
+                print(f"--- search: {', '.join(todo)} side by side, {s.num_samples} trials each"
+                      + (f" of {s.search_seeds} seeds" if s.search_seeds > 1 else "")
+                      + f", {search_batch(concurrency, len(todo))} at a time each"
+                      + "".join(f"; {r}: {done[r]} runs done before" for r in todo if done[r]), flush=True)
+                run_search(cfg, todo, ctx, cb, concurrency, resume)
+                cb.tables.flush()
+                if cb.failure:
+                    raise DeterministicFailure(cb.failure)
+                if any(cb.finished_count(r) < runs for r in todo):  # Tune stops gracefully on Ctrl-C
+                    raise KeyboardInterrupt
             for regime in cfg.regimes:
-                cb = callback(progress)
-                done = cb.finished_count(regime)
-                if done >= runs:
-                    print(f"--- {regime}: all {done} trials done before", flush=True)
-                else:
-                    print(f"--- {regime}: {s.num_samples} trials"
-                          + (f" of {s.search_seeds} seeds" if s.search_seeds > 1 else "")
-                          + (f" ({done} runs done before)" if done else ""),
-                          flush=True)
-                    run_regime(cfg, regime, ctx, cb, concurrency, resume)
-                    cb.tables.flush()
-                    if cb.failure:
-                        raise DeterministicFailure(cb.failure)
-                    if cb.finished_count(regime) < runs:  # Tune stops gracefully on Ctrl-C
-                        raise KeyboardInterrupt
                 # also when every trial was done before: the last may have finished while the driver
                 # was down, its Optuna trial still RUNNING
                 close_orphans_of(cfg, regime)

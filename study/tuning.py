@@ -31,7 +31,7 @@ def run_experiment(cfg: StudyConfig, name: str, ctx, callback, concurrency: int,
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space or {},
-            # a search brings its own ConcurrencyLimiter (fixed batches); Tune would only warn about this one
+            # the search limits its trials itself (study.search.StudySearch)
             tune_config=tune.TuneConfig(max_concurrent_trials=None if "search_alg" in tune_config else concurrency,
                                         reuse_actors=True, **tune_config),
             run_config=tune.RunConfig(name=name, storage_path=Storage(cfg.shared_root).join("ray"),
