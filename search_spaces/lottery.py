@@ -50,8 +50,9 @@ class LrSpace:
 
 @dataclass(frozen=True)
 class DefineByRun:
-    """An OptunaSearch define-by-run space: samples the LR, returns it with the trial's constant spec
-    (``trainables.records.TrialSpec`` fields but the LR).
+    """A regime's define-by-run space (``study.search`` calls it on each Optuna trial it asks):
+    samples the LR, returns it with the trial's constant spec (``trainables.records.TrialSpec``
+    fields but the LR).
 
     A class rather than a closure: Ray Tune pickles the searcher (and this) with its state.
     """
