@@ -67,8 +67,10 @@ def profile(study: Path, stdout: str, wall: float, t0: float) -> dict:
     t = pd.read_parquet(study / "results" / "trials.parquet")
     first = t["started_at"].min().timestamp() - t0
     last = t["finished_at"].max().timestamp() - t0
+    phases = {p: (g["finished_at"].max() - g["started_at"].min()).total_seconds() for p, g in t.groupby("phase")}
     return {"slots": slots, "slot_seconds": wall * slots, "training_seconds": trained,
-            "training_share": trained / (wall * slots), "start_seconds": first, "finalise_seconds": wall - last}
+            "training_share": trained / (wall * slots), "start_seconds": first, "finalise_seconds": wall - last,
+            "phase_seconds": phases}
 
 
 def main() -> None:
@@ -93,6 +95,7 @@ def main() -> None:
               f"the driver's start until the first trial {p['start_seconds']:.0f} s, its finalisation after the "
               f"last {p['finalise_seconds']:.0f} s; the rest is Ray scheduling, artifact I/O, MLflow and the "
               f"driver's tables between trials, and slots idle while a batch of suggestions waits for its last trial")
+        print("phases (first start to last finish): " + ", ".join(f"{k} {v:.0f} s" for k, v in p["phase_seconds"].items()))
         if a.compare_continuous:
             out["continuous"] = c = run_study(root, "continuous", a.num_samples, [*a.extra, "--lr-grid", "0"])
             print(f"continuous LRs: {c['wall_seconds']:.0f} s wall, {100 * c['saved_fraction']:.0f}% of epochs "

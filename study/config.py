@@ -199,7 +199,7 @@ class StudyConfig(Settings):
         self.pipeline.check()
         self.execution.check()
         p = self.pruning
-        if "late_rewind" in self.regimes:
+        if any(get_regime(r).rewinds for r in self.regimes):
             require(0 <= p.rewind_epoch < self.training.epochs, "rewind_epoch",
                     f"must be in [0, --epochs) (got {p.rewind_epoch})")
         if p.structured:

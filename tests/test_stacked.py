@@ -10,7 +10,7 @@ import torch
 from trainables.data import load_splits
 from trainables.models import build_model, init_weights
 from trainables.pruning import random_masks_like
-from trainables.stacked import StackedTrainer, stackable
+from trainables.stacked import StackedTrainer, stackable, stacking_pays
 from trainables.training import Trainer, TrainSpec
 
 
@@ -49,7 +49,7 @@ def test_stacked_equals_one_after_another(name, masked, examples, splits):
     histories = together.run()
     for k, (net, history) in enumerate(alone):
         for (n, a), b in zip(net.state_dict().items(), nets[k].state_dict().values()):
-            assert torch.allclose(a, b, atol=2e-5, rtol=1e-4), (k, n, (a - b).abs().max())
+            assert torch.allclose(a, b, atol=5e-5, rtol=1e-4), (k, n, (a - b).abs().max())
         for h_alone, h_stacked in zip(history, histories[k]):
             assert h_stacked["train_loss"] == pytest.approx(h_alone["train_loss"], rel=1e-4)
             for key in ("val_acc", "test_acc"):  # at most one example may flip at float tolerance
@@ -77,7 +77,9 @@ def test_what_cannot_be_stacked_is_refused(splits):
     wide = build_model("mlp", splits.input_shape, splits.num_classes, (50,))
     assert stackable([mlp, copy.deepcopy(mlp)]) and not stackable([mlp, wide])
     vgg = build_model("vgg11", (3, 32, 32), 10, None)
-    assert not stackable([vgg, copy.deepcopy(vgg)])  # BatchNorm: one after another
+    narrow = build_model("vgg11", (3, 32, 32), 10, (32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, "M"))
+    assert stackable([vgg, copy.deepcopy(vgg)]) and not stackable([vgg, narrow])  # slimming's channel counts
+    assert stacking_pays([mlp]) and not stacking_pays([vgg])  # measured: 2-D convolutions train one by one
     with pytest.raises(ValueError, match="seed"):
         StackedTrainer([mlp, copy.deepcopy(mlp)], splits, [TrainSpec(lr=0.1, epochs=1), TrainSpec(lr=0.2, epochs=1)])
 
@@ -90,3 +92,67 @@ def test_the_mlp_path_computes_what_vmap_computes(splits):
     by_vmap = t._forward(x)
     t.plan = plan
     assert plan is not None and torch.allclose(t._forward(x), by_vmap, atol=1e-6)
+
+
+def test_imp_of_several_seeds_trains_them_together_into_the_same_artifacts(tmp_path, data_dir):
+    """``Pipeline.imp_many``: each stage's trainings of 3 seeds stacked, stored under the keys one
+    seed at a time uses (so ``imp`` of each seed then finds them all), with the same masks and
+    histories to float tolerance; a concurrent ``imp`` of one seed would wait and load them."""
+    from trainables.artifacts import ArtifactStore
+    from trainables.config import DataConfig, PipelineConfig, PruningConfig, TrainingConfig
+    from trainables.pipeline import Pipeline
+    torch.set_num_threads(1)
+    cfg = PipelineConfig(data=DataConfig(data_dir=data_dir, train_subset=640),
+                         training=TrainingConfig(epochs=2), pruning=PruningConfig(rounds=2))
+    seeds = [3, 4, 5]
+    together = Pipeline(cfg, ArtifactStore(tmp_path / "together"))
+    many = together.imp_many(0.05, seeds, rewind_epoch=1)
+    trained = sorted(p.name for p in (tmp_path / "together").glob("train-*"))
+    assert len(trained) == 3 * 3  # pretraining, its first epoch (the rewind point), IMP round 1: per seed
+    for stage in range(2):  # stacked: each epoch's time is the stack's, shared by its networks
+        assert len({res.stages[stage].history[0]["seconds"] for res in many}) == 1
+    for seed, res in zip(seeds, many):
+        again = together.imp(0.05, seed, rewind_epoch=1)  # finds every stage in the store: trains nothing
+        assert [a.name for a in again.masks] == [a.name for a in res.masks] and len(res.masks) == 2
+        assert not any(a.computed for a in (again.pretrained, again.rewind, *again.trained, *again.masks))
+        alone = Pipeline(cfg, ArtifactStore(tmp_path / f"alone-{seed}")).imp(0.05, seed, rewind_epoch=1)
+        assert [a.name for a in alone.masks] == [a.name for a in res.masks]  # the same keys, so the same names
+        for a, b in zip(alone.masks, res.masks):
+            ma, mb = a.tensors(), b.tensors()
+            assert all((ma[n] != mb[n]).float().mean() < 0.002 for n in ma)  # ties at the threshold may flip
+        for sa, sb in zip(alone.stages, res.stages):
+            for ea, eb in zip(sa.history, sb.history):
+                assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=1e-4)
+    assert sorted(p.name for p in (tmp_path / "together").glob("train-*")) == trained
+
+
+@pytest.mark.parametrize("name,bn_l1", [("vgg11", 1e-4), ("resnet20", 0.0)])
+def test_batchnorm_networks_stack_with_their_own_running_statistics(name, bn_l1):
+    """VGG and ResNet (BatchNorm) on CIFAR-shaped data with crop-and-flip augmentation and, for VGG,
+    network slimming's L1 penalty on the BN scales: 2 epochs of 2 steps both ways, the same
+    weights, running statistics and accuracies to float tolerance (batched convolutions round
+    differently, and a deep layer's variance over a few values amplifies it)."""
+    from trainables.data import Splits
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+    splits = Splits(x, y, x[:32], y[:32], x[32:], y[32:], 10, augment="crop_flip")
+    seeds = (1, 2)
+    specs = [TrainSpec(lr=0.01, epochs=2, batch_size=32, seed=s, bn_l1=bn_l1) for s in seeds]
+    nets = [init_weights(build_model(name, (3, 32, 32), 10, None), s) for s in seeds]
+    alone = []
+    for net, spec in zip(copy.deepcopy(nets), specs):
+        alone.append((net, Trainer(net, splits, spec).run()))
+    histories = StackedTrainer(nets, splits, specs).run()
+    for k, (net, history) in enumerate(alone):
+        mine = nets[k].state_dict()
+        for n, a in net.state_dict().items():
+            if n.endswith("num_batches_tracked"):
+                assert int(mine[n]) == int(a) == 4  # training steps only: evaluation leaves them alone
+            else:  # weights tight; running statistics looser
+                tol = dict(atol=1e-4, rtol=1e-3) if n in dict(net.named_parameters()) else dict(atol=1e-3, rtol=1e-2)
+                assert torch.allclose(a, mine[n], **tol), (k, n, (a - mine[n]).abs().max())
+        for h_alone, h_stacked in zip(history, histories[k]):
+            assert h_stacked["train_loss"] == pytest.approx(h_alone["train_loss"], rel=1e-4)
+            for key in ("val_acc", "test_acc"):
+                assert abs(h_stacked[key] - h_alone[key]) <= 1.5 / 32

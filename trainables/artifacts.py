@@ -11,6 +11,7 @@ compute the same stage at once, which wastes time but not correctness (stages ar
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -100,48 +101,57 @@ class ArtifactStore:
 
         ``compute(tmpdir)`` writes its files into ``tmpdir`` and returns the metadata to keep.
         """
-        found = self.find(kind, spec)
-        if found is not None:
-            return found
-        full = {"kind": kind, **spec}
-        h = spec_hash(full)
-        name = f"{kind}-{h}"
-        if not self.storage.local:
-            return self._create_remote(kind, h, full, compute)
-        with self._lock(name):
-            found = self.find(kind, spec)  # another trial may have finished it while we waited
-            if found is not None:
-                return found
-            tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            try:
-                start = time.perf_counter()
-                meta = dict(compute(tmp))
-                meta["compute_seconds"] = time.perf_counter() - start
-                _write_json(tmp / "spec.json", full)
-                _write_json(tmp / "meta.json", meta)
-                os.rename(tmp, self.root / name)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        return Artifact(kind, h, str(self.root / name), meta, True, self.storage)
+        return self.get_or_create_many(kind, [spec], lambda _, tmps: [compute(tmps[0])])[0]
 
-    def _create_remote(self, kind: str, h: str, full: dict[str, Any],
-                       compute: Callable[[Path], dict[str, Any]]) -> Artifact:
-        """Compute locally, upload the files, then ``meta.json``: its presence marks completion."""
-        tmp = self.storage.make_local_tmp()
-        try:
-            start = time.perf_counter()
-            meta = dict(compute(tmp))
-            meta["compute_seconds"] = time.perf_counter() - start
-            _write_json(tmp / "spec.json", full)
-            location = self.storage.join(f"{kind}-{h}")
-            self.storage.upload_dir(tmp, location)
-            self.storage.write_text(self.storage.join(f"{kind}-{h}", "meta.json"),
-                                    json.dumps(meta, indent=1, sort_keys=True, default=str))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return Artifact(kind, h, location, meta, True, self.storage)
+    def get_or_create_many(self, kind: str, specs: list[dict[str, Any]],
+                           compute: Callable[[list[int], list[Path]], list[dict[str, Any]]]) -> list[Artifact]:
+        """``get_or_create`` for several specs at once: the missing ones are computed by one call,
+        ``compute(indices, tmpdirs)`` -> their metadata, in order (the seeds of one configuration
+        trained as one stacked network).  On a local store every missing artifact's lock is held
+        meanwhile, taken in name order so that two callers never wait on each other: a concurrent
+        trial waits, then loads them.  On an object store the files are uploaded and ``meta.json``
+        last marks each complete."""
+        found: list[Artifact | None] = [self.find(kind, spec) for spec in specs]
+        if all(f is not None for f in found):
+            return found  # type: ignore[return-value]
+        fulls = [{"kind": kind, **spec} for spec in specs]
+        hashes = [spec_hash(full) for full in fulls]
+        with contextlib.ExitStack() as held:
+            if self.storage.local:
+                for h in sorted({h for h, f in zip(hashes, found) if f is None}):
+                    held.enter_context(self._lock(f"{kind}-{h}"))
+            first: dict[str, int] = {}  # a spec given twice is computed once
+            for i, f in enumerate(found):
+                if f is None and self.find(kind, specs[i]) is None:  # others may have finished it meanwhile
+                    first.setdefault(hashes[i], i)
+            todo = sorted(first.values())
+            tmps = {i: (self.root / f".tmp-{kind}-{hashes[i]}-{uuid.uuid4().hex[:8]}" if self.storage.local
+                        else self.storage.make_local_tmp()) for i in todo}
+            try:
+                for tmp in tmps.values():
+                    tmp.mkdir(exist_ok=True)
+                start = time.perf_counter()
+                metas = compute(todo, [tmps[i] for i in todo]) if todo else []
+                seconds = (time.perf_counter() - start) / max(1, len(todo))  # each one's share
+                for i, meta in zip(todo, metas):
+                    name, meta = f"{kind}-{hashes[i]}", {**meta, "compute_seconds": seconds}
+                    _write_json(tmps[i] / "spec.json", fulls[i])
+                    if self.storage.local:
+                        _write_json(tmps[i] / "meta.json", meta)
+                        os.rename(tmps[i], self.root / name)
+                        location = str(self.root / name)
+                    else:
+                        location = self.storage.join(name)
+                        self.storage.upload_dir(tmps[i], location)
+                        self.storage.write_text(self.storage.join(name, "meta.json"),
+                                                json.dumps(meta, indent=1, sort_keys=True, default=str))
+                    found[i] = Artifact(kind, hashes[i], location, meta, True, self.storage)
+            finally:
+                for tmp in tmps.values():
+                    if tmp.exists():
+                        shutil.rmtree(tmp, ignore_errors=True)
+        return [f if f is not None else (found[first[hashes[i]]] if hashes[i] in first else self.find(kind, specs[i]))
+                for i, f in enumerate(found)]
 
 
 def save_tensors(directory: Path, tensors: dict[str, torch.Tensor], file: str = "tensors.pt") -> None:

@@ -21,7 +21,8 @@ from trainables.methods import get_method
 from trainables.models import INIT_SCHEME, build_model, init_weights
 from trainables.records import StageRun
 from trainables.pruning import full_masks, per_round_fraction, prune_round, sparsity
-from trainables.training import Trainer, TrainSpec
+from trainables.stacked import train_all
+from trainables.training import TrainSpec
 
 
 def efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], device: torch.device,
@@ -94,17 +95,26 @@ class Pipeline:
 
     def train(self, start: Artifact, mask: Artifact | None, spec: TrainSpec, stop_epoch: int) -> Artifact:
         """Weights after ``stop_epoch`` epochs of ``spec``'s schedule from ``start`` under ``mask``."""
-        def compute(tmp):
-            model = self.new_model()
-            model.load_state_dict(start.tensors())
-            masks = mask.tensors() if mask is not None else None
-            history = Trainer(model, self.splits, spec, masks).run(stop_epoch)
-            save_tensors(tmp, model.state_dict())
-            diverged = bool(history and history[-1]["diverged"])
-            return {"history": history, "diverged": diverged}
-        spec_d = {"start": start.name, "mask": mask.name if mask else None, "train": spec.as_dict(),
-                  "stop_epoch": stop_epoch, **self.cfg.data.spec()}
-        return self.store.get_or_create("train", spec_d, compute)
+        return self.train_many([start], [mask], [spec], stop_epoch)[0]
+
+    def train_many(self, starts: list[Artifact], masks: list[Artifact | None], specs: list[TrainSpec],
+                   stop_epoch: int) -> list[Artifact]:
+        """``train`` for several networks (the seeds of one configuration): those not in the store
+        train together as one stacked network where they can and it pays (``trainables.stacked``),
+        else one after another; each is its own artifact, under the key it has when trained alone."""
+        def compute(todo: list[int], tmps) -> list[dict[str, Any]]:
+            models = []
+            for i in todo:
+                models.append(self.new_model())
+                models[-1].load_state_dict(starts[i].tensors())
+            held = [masks[i].tensors() if masks[i] is not None else None for i in todo]
+            histories = train_all(models, self.splits, [specs[i] for i in todo], held, stop_epoch)
+            for tmp, model in zip(tmps, models):
+                save_tensors(tmp, model.state_dict())
+            return [{"history": h, "diverged": bool(h and h[-1]["diverged"])} for h in histories]
+        keys = [{"start": st.name, "mask": m.name if m else None, "train": sp.as_dict(), "stop_epoch": stop_epoch,
+                 **self.cfg.data.spec()} for st, m, sp in zip(starts, masks, specs)]
+        return self.store.get_or_create_many("train", keys, compute)
 
     def prune(self, trained: Artifact, prev: Artifact | None, fraction: float, round_: int) -> Artifact:
         """The mask after removing ``fraction`` of the weights alive in ``prev`` from ``trained``,
@@ -177,30 +187,50 @@ class Pipeline:
         pretrained weights); the last mask is not trained here: that is the regime's own training.
         A diverged training ends the chain: there are no meaningful magnitudes to prune by.
         """
+        return self.imp_many(lr, [seed], rewind_epoch)[0]
+
+    def imp_many(self, lr: float, seeds: list[int], rewind_epoch: int = 0) -> list["ImpResult"]:
+        """``imp`` for several seeds, each stage's trainings together (``train_many``): the same
+        artifacts as one seed at a time."""
         cfg, epochs = self.cfg.pruning, self.cfg.training.epochs
-        spec = self.pretrain_spec(lr, seed)
-        theta0 = self.init(seed)
-        dense = self.train(theta0, None, spec, epochs)
-        stages = [StageRun("pretrain", dense.name, tuple(dense.meta["history"]), 0.0)]
-        result = ImpResult(theta0=theta0, rewind=theta0, pretrained=dense, masks=[], stages=stages, trained=[])
-        if dense.meta["diverged"]:
-            return result
-        if rewind_epoch > 0:
-            result.rewind = self.train(theta0, None, spec, rewind_epoch)
+        specs = [self.pretrain_spec(lr, seed) for seed in seeds]
+        theta0 = [self.init(seed) for seed in seeds]
+        dense = self.train_many(theta0, [None] * len(seeds), specs, epochs)
+        results = [ImpResult(theta0=t, rewind=t, pretrained=d, masks=[], trained=[],
+                             stages=[StageRun("pretrain", d.name, tuple(d.meta["history"]), 0.0)])
+                   for t, d in zip(theta0, dense)]
+        live = [i for i in range(len(seeds)) if not dense[i].meta["diverged"]]
+        if rewind_epoch > 0 and live:
+            for i, art in zip(live, self.train_many([theta0[i] for i in live], [None] * len(live),
+                                                    [specs[i] for i in live], rewind_epoch)):
+                results[i].rewind = art
         fraction = per_round_fraction(cfg.sparsity, cfg.rounds)
-        trained, mask = dense, None
+        trained: list[Artifact] = list(dense)
         for r in range(1, cfg.rounds + 1):
-            mask = self.prune(trained, mask, fraction, r)
-            result.masks.append(mask)
-            result.trained.append(trained)  # theta_E of round r: the weights mask r was chosen from
-            if r == cfg.rounds:
+            for i in live:
+                res = results[i]
+                res.masks.append(self.prune(trained[i], res.masks[-1] if res.masks else None, fraction, r))
+                res.trained.append(trained[i])  # theta_E of round r: the weights mask r was chosen from
+            if r == cfg.rounds or not live:
                 break
-            trained = self.train(result.rewind, mask, spec, epochs)
-            stages.append(StageRun(f"imp_round_{r}", trained.name, tuple(trained.meta["history"]),
-                                   mask.meta["sparsity"]))
-            if trained.meta["diverged"]:
-                break
-        return result
+            again = self.train_many([results[i].rewind for i in live], [results[i].masks[-1] for i in live],
+                                    [specs[i] for i in live], epochs)
+            for i, art in zip(live, again):
+                trained[i] = art
+                results[i].stages.append(StageRun(f"imp_round_{r}", art.name, tuple(art.meta["history"]),
+                                                  results[i].masks[-1].meta["sparsity"]))
+            live = [i for i in live if not trained[i].meta["diverged"]]
+        return results
+
+    def prepare(self, lr: float, seeds: list[int], rewind_epoch: int = 0) -> None:
+        """The start points' trainings of several seeds (pretraining and IMP, or the pretraining a
+        structured method prunes), trained together into the store: the seeds' regime then finds
+        them there."""
+        if not self.cfg.pruning.structured:
+            self.imp_many(lr, seeds, rewind_epoch)
+        else:
+            self.train_many([self.init(seed) for seed in seeds], [None] * len(seeds),
+                            [self.pretrain_spec(lr, seed) for seed in seeds], self.cfg.training.epochs)
 
 
 @dataclass

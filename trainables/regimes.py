@@ -38,6 +38,10 @@ class Regime:
     versus: tuple[str, ...] = ()  # contrasts (this regime's advantage over each of these) where both ran
     reported_versus: tuple[str, ...] = ()  # contrasts the report adds where both ran, never listed as missing
     color: str | None = None  # its colour in the figures (None: the next of a cycle no entry uses)
+    rewinds: bool = False  # its IMP rewinds to epoch --rewind-epoch (theta_k), not to theta_0
+    # its start points come from the pipeline's pretraining and IMP (``Pipeline.prepare``): a trial
+    # of several seeds trains those for all its seeds together first
+    prepare: bool = True
 
     def make_start(self, pipeline, lr: float, seed: int, prune_round: int):
         fn = self.start
@@ -103,7 +107,7 @@ for _r in (
            needs="mask", sweep=True, color="#d62728"),
     Regime("late_rewind", _S + "late_rewind", "late rewind",
            "theta_k * m, IMP rewinding to epoch k (--rewind-epoch)", needs="mask",
-           reported_versus=("random_reinit",), color="#2ca02c"),
+           reported_versus=("random_reinit",), color="#2ca02c", rewinds=True),
     Regime("fine_tune", _S + "fine_tune", "fine-tune",
            "theta_E on the pruned network, constant LR for F epochs (--fine-tune-epochs)",
            lr_range=("fine_tune_lr_min", "fine_tune_lr_max"), color="#ff7f0e"),

@@ -1,4 +1,6 @@
-"""K networks of one architecture trained as one stacked network: the seeds of one configuration.
+"""K networks of one architecture trained as one stacked network: the seeds of one configuration
+(a confirmation trial's, or a search trial's with ``--search-seeds``), in their pretraining and IMP
+rounds (``Pipeline.train_many``) and in the regime's own training (``trainables.trainable``).
 
 ``torch.func`` does the stacking: ``stack_module_state`` puts the K networks' parameters along a new
 first dimension, ``vmap(functional_call)`` runs the K forward passes as batched operations, and one
@@ -11,8 +13,10 @@ and epoch it costs about half of training them one after another on two CPU core
 (``benchmarks/bench_stacked.py``).
 
 Written by hand because no library trains a vmap-stacked ensemble with per-member data order and
-masks.  Networks with BatchNorm are not stacked (``stackable``): its running statistics are updated
-in place, which ``vmap`` cannot do per member; they train one after another with ``Trainer``.
+masks.  BatchNorm works as in each network alone: its running statistics are stacked buffers, so the
+in-place update of each batched slice updates that network's own; evaluation switches to them.
+Networks whose shapes differ (slimming's per-seed channel counts) or whose training runs differ
+(Scratch-B's epochs) are not stacked (``stackable``): they train one after another with ``Trainer``.
 """
 from __future__ import annotations
 
@@ -28,16 +32,36 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from trainables.data import Splits, _check_augment, _crop_flip, _crop_flip_draws
-from trainables.training import TrainSpec, lr_factor
+from trainables.training import Trainer, TrainSpec, lr_factor
 
 
 def stackable(models: list[nn.Module], specs: list[TrainSpec] | None = None) -> bool:
-    """The networks share every parameter's shape and have no BatchNorm, and their training runs
-    (``specs``) share every setting but the seed."""
-    if not models or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
+    """The networks share every parameter's and buffer's shape, and their training runs (``specs``)
+    share every setting but the seed."""
+    if not models:
         return False
-    shapes = [[(n, p.shape) for n, p in m.named_parameters()] for m in models]
+    shapes = [[(n, t.shape) for n, t in (*m.named_parameters(), *m.named_buffers())] for m in models]
     return all(s == shapes[0] for s in shapes) and len({replace(s, seed=0) for s in specs or ()}) <= 1
+
+
+def stacking_pays(models: list[nn.Module]) -> bool:
+    """Whether stacking is faster than one network after another, as measured with
+    ``benchmarks/bench_stacked.py`` (2 CPU threads, per network and epoch): MLPs 0.47x at K = 8 and
+    1-D conv nets 0.72x to 1.0x, but 2-D conv nets 1.06x (ResNet-20), 1.52x (VGG-16) and 1.92x
+    (Conv-2) at K = 4: vmap runs their convolutions as grouped ones, which cost more than they save.
+    Those train one after another (correct stacked too: ``tests/test_stacked.py``); no GPU was there
+    to measure whether they pay on one."""
+    return not any(isinstance(m, nn.Conv2d) for m in models[0].modules())
+
+
+def train_all(models: list[nn.Module], splits: Splits, specs: list[TrainSpec],
+              masks: list[dict[str, torch.Tensor] | None], stop_epoch: int | None = None,
+              on_epoch=None) -> list[list[dict[str, Any]]]:
+    """Train the networks (the seeds of one configuration): together where they can be stacked and
+    it pays, else one after another; each one's history (``on_epoch``: stacked only)."""
+    if len(models) > 1 and stackable(models, specs) and stacking_pays(models):
+        return StackedTrainer(models, splits, specs, masks).run(stop_epoch, on_epoch)
+    return [Trainer(m, splits, spec, mask).run(stop_epoch) for m, spec, mask in zip(models, specs, masks)]
 
 
 def _mlp_plan(model: nn.Module) -> list[tuple[str, str]] | None:
@@ -62,7 +86,7 @@ class StackedTrainer:
     def __init__(self, models: list[nn.Module], splits: Splits, specs: list[TrainSpec],
                  masks: list[dict[str, torch.Tensor] | None] | None = None):
         if not stackable(models, specs):
-            raise ValueError("stacked networks share their shapes (no BatchNorm) and every training setting but "
+            raise ValueError("stacked networks share their shapes and every training setting but "
                              "the seed: train these one by one")
         self.splits, self.specs, self.spec = splits, specs, specs[0]
         self.k = len(models)
@@ -80,6 +104,11 @@ class StackedTrainer:
                                          weight_decay=self.spec.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, self.spec))
+        if self.spec.bn_l1 > 0:  # network slimming's L1 subgradient on the BN scales (elementwise: per network)
+            from trainables.structured import _BN, _add_l1_subgradient
+            scales = [self.params[f"{n}.weight"] for n, m in models[0].named_modules()
+                      if isinstance(m, _BN) and m.weight is not None]
+            self.optimizer.register_step_pre_hook(lambda *_: _add_l1_subgradient(scales, self.spec.bn_l1))
         self.epoch = 0
         self.diverged = [False] * self.k
         self._remask()
@@ -112,6 +141,7 @@ class StackedTrainer:
 
     @torch.inference_mode()
     def _accuracy(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> list[float]:
+        self.base.eval()  # BatchNorm: the running statistics, left as they are
         correct = torch.zeros(self.k, device=x.device)
         for i in range(0, len(y), chunk):
             xb = x[i:i + chunk]
@@ -138,6 +168,7 @@ class StackedTrainer:
         start = time.perf_counter()
         s, bs = self.splits, self.spec.batch_size
         perms, draws = self._orders()
+        self.base.train()  # BatchNorm: batch statistics, each network's running ones updated in place
         total = torch.zeros(self.k, device=s.x_train.device)
         lr = self.optimizer.param_groups[0]["lr"]
         for i in range(0, perms.shape[1], bs):

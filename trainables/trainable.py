@@ -24,7 +24,7 @@ from trainables.config import PipelineConfig
 from trainables.pipeline import Pipeline
 from trainables.records import Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec
 from trainables.regimes import get_regime
-from trainables.stacked import StackedTrainer, stackable
+from trainables.stacked import train_all
 from trainables.storage import Storage
 from trainables.training import Trainer, TrainState
 
@@ -106,7 +106,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     search suggestion) is answered from that result without training (``reused_from`` names the
     trial that trained it), and two trials asking for it at once train it once.  Several seeds that
     still need training train together as one stacked network where they share their shapes
-    (``trainables.stacked``), else one after another.
+    (``trainables.stacked``), else one after another; so do their pretraining and IMP rounds first
+    (``Pipeline.prepare``, for regimes whose start points come from them).
 
     ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune);
     a trial of one seed checkpoints (see ``CHECKPOINT_MAX_GAP_S``), a trial of several does not (its
@@ -121,6 +122,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     pipe = Pipeline(ctx.pipeline, store, _device(ctx))
     regime = get_regime(spec.regime)
     seeds, ids = spec.per_seed(), spec.record_ids(trial_id)
+    if len(seeds) > 1 and regime.prepare:  # the seeds' pretraining and IMP together, into the store
+        pipe.prepare(spec.lr, list(spec.seeds), ctx.pipeline.pruning.rewind_epoch if regime.rewinds else 0)
     starts = [regime.make_start(pipe, spec.lr, s.seed, s.prune_round) for s in seeds]
     records = []
     settings = ctx.pipeline.flat()
@@ -208,17 +211,13 @@ def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, networ
 def _train_together(store: ArtifactStore, pipe: Pipeline, network, starts, trains, keys, ids,
                     ready: list[int], report) -> dict[int, Any]:
     """A trial of several seeds: those with a ``result`` already are answered from it; the others
-    train as one stacked network where they can (``trainables.stacked.stackable``), else one after
-    another, and their results are stored.  No checkpoints."""
+    train as one stacked network where they can and it pays (``trainables.stacked.train_all``), else
+    one after another, and their results are stored.  No checkpoints."""
     results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
     todo = [i for i in ready if i not in results]
     models = [network(i) for i in todo]
-    if len(todo) > 1 and stackable(models, [trains[i] for i in todo]):
-        trainer = StackedTrainer(models, pipe.splits, [trains[i] for i in todo], [starts[i].masks for i in todo])
-        histories = trainer.run(on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None))
-                                if report else None)
-    else:  # shapes or schedules differ (slimming's channel counts, Scratch-B's epochs), or BatchNorm
-        histories = [Trainer(model, pipe.splits, trains[i], starts[i].masks).run() for i, model in zip(todo, models)]
+    histories = train_all(models, pipe.splits, [trains[i] for i in todo], [starts[i].masks for i in todo],
+                          on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None)) if report else None)
     for i, history in zip(todo, histories):
         results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
             "history": h, "trial_id": rid})
