@@ -78,9 +78,10 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=64)
     ap.add_argument("--compare-continuous", action="store_true")
     ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("--keep", default=None, help="run the study in this folder and keep it (its summary, report)")
     ap.add_argument("extra", nargs="*", help="extra flags for study.lottery (after --)")
     a = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-study-"))
     try:
         out = {"grid": run_study(root, "grid", a.num_samples, a.extra)}
         g = out["grid"]
@@ -103,7 +104,8 @@ def main() -> None:
         if a.json:
             Path(a.json).write_text(json.dumps(out, indent=1))
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

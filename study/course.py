@@ -224,6 +224,8 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
         summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"],
                                  report["contrasts"], report["study_kind"], report["efficiency"])
         (study_dir / "summary.txt").write_text(summary + "\n")
+        if status == "FINISHED":  # every trial is recorded: a run without a record will never finish
+            tracker.drop_unrecorded(set(trials["trial_id"]))
         best = best_per_regime(trials[trials["phase"] == "search"])
         metrics = {f"{r['regime']}/{k}": float(r[k]) for _, r in best.iterrows()
                    for k in ("best_lr", "best_val_acc", "test_acc") if not math.isnan(r[k])}

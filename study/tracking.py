@@ -148,6 +148,20 @@ class MlflowTracker:
         self.client.set_tag(run_id, "status", "error")
         self.client.set_terminated(run_id, "FAILED")
 
+    def drop_unrecorded(self, recorded: set[str]) -> int:
+        """Delete the child runs still RUNNING whose trial has no record (``recorded``: the trial ids
+        that have one): trials a killed driver had started that no one will finish (its search
+        suggestions made after Tune's last snapshot).  Returns how many."""
+        if self.parent_id is None:
+            return 0
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=50_000,
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'")
+        orphans = [r for r in runs if r.data.tags.get("trial_id") not in recorded]
+        for r in orphans:
+            self.client.delete_run(r.info.run_id)
+        return len(orphans)
+
     def finish_parent(self, metrics: dict[str, float], files: Iterable[tuple[Path, str | None]],
                       status: str = "FINISHED") -> None:
         """Summary metrics, and files as artifacts: (path, artifact folder or None for the root)."""

@@ -82,3 +82,19 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
         rows = search[search.regime == regime].set_index("optuna_trial")["val_acc"]
         assert set(complete) == set(rows.index)
         assert all(abs(complete[n] - rows[n]) < 1e-12 for n in complete)
+
+
+def test_a_run_that_no_trial_will_finish_is_dropped_at_the_end(tmp_path):
+    """A killed driver may have started a trial (and its MLflow run) after Tune's last snapshot: the
+    resumed study never runs it again, so once every trial is recorded its run is deleted; a run
+    whose trial is recorded, or that is finished, stays."""
+    from study.tracking import MlflowTracker
+    from trainables.records import TrialRecord, TrialSpec
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "orphans", tmp_path / "mlartifacts")
+    tracker.start_parent("orphans", {})
+    spec = TrialSpec("winning_ticket", 0.1, (0,))
+    runs = {t: tracker.start_child("orphans", t, spec, {}) for t in ("done", "recorded", "orphan")}
+    tracker.finish_child(runs["done"], TrialRecord("orphans", "done", spec, {}, val_acc=0.5, test_acc=0.5))
+    assert tracker.drop_unrecorded({"done", "recorded"}) == 1
+    left = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tracker.parent_id}'")
+    assert sorted(r.data.tags["trial_id"] for r in left) == ["done", "recorded"]

@@ -92,6 +92,32 @@ def test_the_seeds_of_one_configuration_train_together_one_record_each(ctx, tmp_
     assert [r["trial_id"] for r in on_disk] == ["three-s1", "three-s2", "three-s3"]
 
 
+def test_seeds_trained_one_after_another_resume_at_the_seed_interrupted(ctx, tmp_path, monkeypatch):
+    """Seeds that do not stack (2-D convolutions on the CPU) train alone, each checkpointed and
+    stored when done: an interrupted trial finds the first seed and resumes the second at its epoch."""
+    from dataclasses import replace
+
+    import trainables.trainable as trainable
+    monkeypatch.setattr(trainable, "stacks", lambda models, specs: False)  # as for a VGG on the CPU
+    ctx = replace(ctx, checkpoint_every=1)
+    config = TrialSpec("winning_ticket", 0.05, (1, 2), "confirm", "tuned", prune_round=2).as_config()
+    full = run_trial(config, replace(ctx, study_dir=str(tmp_path / "apart")), "full", None)
+    saved, seen = tmp_path / "ckpt", []
+
+    def interrupted(metrics, ckpt):
+        seen.append(metrics["epoch"])
+        if len(seen) == 3:  # seed 1: epochs 1 and 2 reported (its last is not), seed 2: epoch 1
+            shutil.copytree(ckpt, saved)
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(config, ctx, "again", interrupted)
+    epochs = []
+    recs = run_trial(config, ctx, "again", lambda m, c: epochs.append(m["epoch"]), str(saved))
+    assert epochs == [2, 3] and [r.resumed_from_epoch for r in recs] == [None, 1]  # seed 1 was stored
+    assert [r.reused_from for r in recs] == [None, None]
+    assert [(r.val_acc, r.test_acc) for r in recs] == [(r.val_acc, r.test_acc) for r in full]
+
+
 def test_checkpoint_every_n_epochs(ctx, tmp_path):
     from dataclasses import replace
     sparse_ctx = replace(ctx, checkpoint_every=2, pipeline=ctx.pipeline.updated(epochs=5))

@@ -54,12 +54,17 @@ def stacking_pays(models: list[nn.Module]) -> bool:
     return not any(isinstance(m, nn.Conv2d) for m in models[0].modules())
 
 
+def stacks(models: list[nn.Module], specs: list[TrainSpec]) -> bool:
+    """Whether these networks train as one stacked network: several, stackable, and it pays."""
+    return len(models) > 1 and stackable(models, specs) and stacking_pays(models)
+
+
 def train_all(models: list[nn.Module], splits: Splits, specs: list[TrainSpec],
               masks: list[dict[str, torch.Tensor] | None], stop_epoch: int | None = None,
               on_epoch=None) -> list[list[dict[str, Any]]]:
     """Train the networks (the seeds of one configuration): together where they can be stacked and
     it pays, else one after another; each one's history (``on_epoch``: stacked only)."""
-    if len(models) > 1 and stackable(models, specs) and stacking_pays(models):
+    if stacks(models, specs):
         return StackedTrainer(models, splits, specs, masks).run(stop_epoch, on_epoch)
     return [Trainer(m, splits, spec, mask).run(stop_epoch) for m, spec, mask in zip(models, specs, masks)]
 

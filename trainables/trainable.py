@@ -24,7 +24,7 @@ from trainables.config import PipelineConfig
 from trainables.pipeline import Pipeline
 from trainables.records import Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec
 from trainables.regimes import get_regime
-from trainables.stacked import train_all
+from trainables.stacked import StackedTrainer, stacks
 from trainables.storage import Storage
 from trainables.training import Trainer, TrainState
 
@@ -110,8 +110,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     (``Pipeline.prepare``, for regimes whose start points come from them).
 
     ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune);
-    a trial of one seed checkpoints (see ``CHECKPOINT_MAX_GAP_S``), a trial of several does not (its
-    seeds train again if it is interrupted).  Returns the records.
+    seeds trained one at a time checkpoint (see ``CHECKPOINT_MAX_GAP_S``), stacked ones do not (they
+    train again if the trial is interrupted).  Returns the records.
     """
     started = time.time()
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
@@ -145,11 +145,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
             model.load_state_dict(start.weights)
         return model
 
-    if len(seeds) == 1 and ready:
-        results, resumed = _train_alone(ctx, store, pipe, lambda: network(0), starts[0], trains[0], keys[0], ids[0],
-                                        report, checkpoint_dir)
-    else:
-        results, resumed = _train_together(store, pipe, network, starts, trains, keys, ids, ready, report), None
+    results, resumed = _train(ctx, store, pipe, network, starts, trains, keys, ids, ready, report, checkpoint_dir)
     finished = time.time()
     for i, rec in enumerate(records):
         if i not in results:  # diverged before the sparse network existed: reported as it is
@@ -162,7 +158,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         records[i] = rec.replace(
             history=tuple(history), train_epochs=trains[i].epochs, diverged=last["diverged"],
             diverged_stage="final" if last["diverged"] else None, val_acc=last["val_acc"], test_acc=last["test_acc"],
-            train_loss=last["train_loss"], resumed_from_epoch=resumed,
+            train_loss=last["train_loss"], resumed_from_epoch=resumed.get(i),
             reused_from=results[i].meta["trial_id"] if results[i].meta["trial_id"] != ids[i] else None,
             wall_seconds=finished - started, finished_at=finished)
     _write_records(ctx, trial_id, records)  # the records go out before the last report: then the trial is done
@@ -174,18 +170,47 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     return records
 
 
-def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, start, train, key, rid: str,
-                 report, checkpoint_dir: str | None) -> tuple[dict[int, Any], int | None]:
-    """A trial of one seed: its training as a ``result`` artifact, reporting every epoch but the last
-    (the trial's final report follows its record), checkpointed, resumed from ``checkpoint_dir``;
-    returns ({0: the result}, the epoch it resumed from)."""
+def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, starts, trains, keys, ids,
+           ready: list[int], report, checkpoint_dir: str | None) -> tuple[dict[int, Any], dict[int, int]]:
+    """The trial's trainings (of the seeds ``ready``: with a start point): each seed's ``result``
+    artifact found, or trained.  Several seeds train as one stacked network where they can and it
+    pays (``trainables.stacked.stacks``; reporting the mean every epoch, no checkpoints), else one
+    after another, each checkpointed and stored when done, so an interrupted trial resumes at the
+    seed it was training.  Returns ({seed index: result}, {seed index: the epoch it resumed from})."""
+    results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
+    todo = [i for i in ready if i not in results]
+    models = {i: network(i) for i in todo}
+    if stacks(list(models.values()), [trains[i] for i in todo]):
+        trainer = StackedTrainer(list(models.values()), pipe.splits, [trains[i] for i in todo],
+                                 [starts[i].masks for i in todo])
+        histories = trainer.run(on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None)) if report else None)
+        for i, history in zip(todo, histories):
+            results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
+                "history": h, "trial_id": rid})
+        return results, {}
+    resumed: dict[int, int] = {}
+    for i in todo:
+        results[i], epoch = _train_alone(ctx, store, pipe, models[i], starts[i].masks, trains[i], keys[i], ids[i],
+                                         report, checkpoint_dir)
+        if epoch is not None:
+            resumed[i] = epoch
+    return results, resumed
+
+
+def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, model, masks, train, key, rid: str,
+                 report, checkpoint_dir: str | None) -> tuple[Any, int | None]:
+    """One seed's training as a ``result`` artifact, reporting every epoch but the last (the trial's
+    final report follows its record), checkpointed (the checkpoint names the seed's record), resumed
+    from ``checkpoint_dir`` when that holds this seed's; returns (the result, the epoch it resumed
+    from or None)."""
     resumed: list[int] = []
 
     def compute(tmp) -> dict[str, Any]:
-        trainer = Trainer(network(), pipe.splits, train, start.masks)  # built only when it trains
+        trainer = Trainer(model, pipe.splits, train, masks)
         history: list[dict[str, Any]] = []
-        if checkpoint_dir is not None:  # resume: weights, optimiser, schedule position and history
-            saved = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
+        saved = (torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
+                 if checkpoint_dir is not None else None)
+        if saved is not None and saved.get("record") == rid:  # resume: weights, optimiser, schedule position, history
             trainer.load_state(TrainState(**saved["state"]))
             history = saved["history"]
             resumed.append(trainer.epoch)
@@ -202,26 +227,11 @@ def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, networ
             elif report:
                 last_checkpoint = time.monotonic()
                 with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
-                    torch.save({"state": asdict(trainer.state()), "history": history}, Path(ckpt) / CHECKPOINT_FILE)
+                    torch.save({"state": asdict(trainer.state()), "history": history, "record": rid},
+                               Path(ckpt) / CHECKPOINT_FILE)
                     report(_metrics(rec, done=False), ckpt)
     result = store.get_or_create("result", key, compute)
-    return {0: result}, (resumed[0] if resumed else None)
-
-
-def _train_together(store: ArtifactStore, pipe: Pipeline, network, starts, trains, keys, ids,
-                    ready: list[int], report) -> dict[int, Any]:
-    """A trial of several seeds: those with a ``result`` already are answered from it; the others
-    train as one stacked network where they can and it pays (``trainables.stacked.train_all``), else
-    one after another, and their results are stored.  No checkpoints."""
-    results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
-    todo = [i for i in ready if i not in results]
-    models = [network(i) for i in todo]
-    histories = train_all(models, pipe.splits, [trains[i] for i in todo], [starts[i].masks for i in todo],
-                          on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None)) if report else None)
-    for i, history in zip(todo, histories):
-        results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
-            "history": h, "trial_id": rid})
-    return results
+    return result, (resumed[0] if resumed else None)
 
 
 def regime_trial(config: dict[str, Any], ctx: TrialContext) -> None:
