@@ -14,7 +14,7 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # per-result JSON and CSV loggers are passed explicitly; no TensorBoard event file per result
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # a forced experiment snapshot per checkpoint is expected here (num_to_keep=1): no warning each time
+    # a forced experiment snapshot per checkpoint is expected here (num_to_keep set): no warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables, the study prints its own
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")

@@ -7,6 +7,14 @@ from study.config import StudyConfig
 from trainables.storage import Storage
 
 
+# Each trial keeps its last two checkpoints: Tune deletes the older one as soon as a new one is
+# registered, before its next experiment snapshot is written, so with one kept a driver killed in
+# between leaves a snapshot naming a checkpoint that is gone, and the trial cannot be resumed
+# ("Could not recover from checkpoint as it does not exist on storage anymore"; tests/test_resume.py
+# met it).  With two, the snapshot's checkpoint is still there.
+KEEP_CHECKPOINTS = 2
+
+
 def experiment_path(cfg: StudyConfig, name: str) -> str:
     return Storage(cfg.shared_root).join("ray", name)
 
@@ -37,7 +45,7 @@ def run_experiment(cfg: StudyConfig, name: str, ctx, callback, concurrency: int,
             run_config=tune.RunConfig(name=name, storage_path=Storage(cfg.shared_root).join("ray"),
                                       callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
                                       stop=StopOnDeterministicFailure(callback),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                                       failure_config=tune.FailureConfig(max_failures=x.max_failures),
                                       verbose=0))
     tuner.fit()

@@ -295,7 +295,7 @@ def test_a_trial_no_node_can_hold_is_refused_on_a_cluster_without_autoscaler(tmp
 
 def _mid_trial(study: Path, regime: str, epoch: int) -> Path | None:
     """The folder of a trial of ``regime`` that has checkpointed epoch ``epoch`` of its final training
-    (with --checkpoint-every 1 and one checkpoint kept, checkpoint_<k> holds epoch k + 1)."""
+    (with --checkpoint-every 1, checkpoint_<k> holds epoch k + 1)."""
     for d in (study / "ray" / "search").glob(f"{regime}-*"):
         done = [int(c.name[11:]) for c in d.glob("checkpoint_*") if c.name[11:].isdigit()]
         if done and max(done) >= epoch - 1:

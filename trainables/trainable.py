@@ -30,7 +30,7 @@ from trainables.training import Trainer, TrainState
 
 CHECKPOINT_FILE = "trial.pt"
 TRIAL_RECORDS = "trial-records"
-# Every checkpoint costs Ray Tune a forced experiment snapshot on the driver (with num_to_keep=1):
+# Every checkpoint costs Ray Tune a forced experiment snapshot on the driver (with num_to_keep set):
 # about 1 s per 20-epoch MNIST-1D trial when taken every epoch.  Checkpoints therefore come every
 # ``checkpoint_every`` epochs, and after any epoch that ends this long after the last checkpoint, so
 # slow epochs are always checkpointed one by one.
