@@ -68,9 +68,13 @@ def profile(study: Path, stdout: str, wall: float, t0: float) -> dict:
     first = t["started_at"].min().timestamp() - t0
     last = t["finished_at"].max().timestamp() - t0
     phases = {p: (g["finished_at"].max() - g["started_at"].min()).total_seconds() for p, g in t.groupby("phase")}
+    # the Ray trials' own time (a trial of several seeds is one trial; an answered repeat is none)
+    ran = t[t["reused_from"].isna()].assign(tune=t["trial_id"].str.replace(r"-s\d+$", "", regex=True))
+    spans = ran.groupby("tune").agg(start=("started_at", "min"), end=("finished_at", "max"))
+    in_trials = float((spans["end"] - spans["start"]).dt.total_seconds().sum())
     return {"slots": slots, "slot_seconds": wall * slots, "training_seconds": trained,
-            "training_share": trained / (wall * slots), "start_seconds": first, "finalise_seconds": wall - last,
-            "phase_seconds": phases}
+            "training_share": trained / (wall * slots), "trial_seconds": in_trials, "ray_trials": len(spans),
+            "start_seconds": first, "finalise_seconds": wall - last, "phase_seconds": phases}
 
 
 def main() -> None:
@@ -96,6 +100,10 @@ def main() -> None:
               f"the driver's start until the first trial {p['start_seconds']:.0f} s, its finalisation after the "
               f"last {p['finalise_seconds']:.0f} s; the rest is Ray scheduling, artifact I/O, MLflow and the "
               f"driver's tables between trials, and slots idle while a batch of suggestions waits for its last trial")
+        print(f"inside the {p['ray_trials']} Ray trials {p['trial_seconds']:.0f} s ({100 * p['trial_seconds'] / p['slot_seconds']:.0f}% "
+              f"of the slots; their time beyond training and evaluation: artifact I/O, pruning, building models, "
+              f"records); outside them {p['slot_seconds'] - p['trial_seconds']:.0f} s (Ray scheduling, the driver's "
+              f"start, finalisation and stage changes, idle slots)")
         print("phases (first start to last finish): " + ", ".join(f"{k} {v:.0f} s" for k, v in p["phase_seconds"].items()))
         if a.compare_continuous:
             out["continuous"] = c = run_study(root, "continuous", a.num_samples, [*a.extra, "--lr-grid", "0"])
