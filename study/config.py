@@ -119,7 +119,7 @@ class ExecutionConfig(Settings):
     num_cpus: int | None = setting(None, "CPUs of the local Ray runtime (default: all of this machine's)")
     cpus_per_trial: float = setting(1.0, "CPUs a trial reserves (also its torch threads)")
     gpus_per_trial: float = setting(0.0, "fractions allowed, e.g. 0.25")
-    max_concurrent: int = setting(0, "trials at once per regime (0: as many as fit on what the cluster can grow to: "
+    max_concurrent: int = setting(0, "trials at once, shared by the regimes' searches (0: as many as fit on what the cluster can grow to: "
                                      "its autoscaler's node types up to their max_workers, read on the head, else "
                                      "the nodes up now; the study's first lines say which)")
     max_failures: int = setting(2, "retries of a failed trial from its checkpoint")

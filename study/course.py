@@ -51,7 +51,7 @@ def write_study_json(cfg: StudyConfig, study_hash: str) -> None:
 
 
 def max_concurrent(cfg: StudyConfig) -> tuple[int, str]:
-    """Trials at once per regime, and where that number comes from: --max-concurrent, or where it is
+    """Trials at once (the regimes' searches share them), and where that number comes from: --max-concurrent, or where it is
     0 as many as fit at once in what the joined cluster can grow to (its autoscaler's node types and
     their max_workers; the nodes of a cluster without autoscaler; see study.runtime.cluster_capacity)."""
     from study.runtime import cluster_capacity, default_concurrency
