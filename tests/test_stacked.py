@@ -24,13 +24,14 @@ def _nets(name: str, seeds, splits):
     return [init_weights(build_model(name, splits.input_shape, splits.num_classes, None), s) for s in seeds]
 
 
-@pytest.mark.parametrize("name,masked,examples", [("mlp", True, None), ("conv1d", False, 640)])
-def test_stacked_equals_one_after_another(name, masked, examples, splits):
-    """A few steps both ways (conv1d: 2 epochs of 10 steps; float rounding in batched convolutions
-    grows with every step of training, so long runs agree in distribution, not to the digit)."""
+@pytest.mark.parametrize("name,masked", [("mlp", True), ("conv1d", False)])
+def test_stacked_equals_one_after_another(name, masked, splits):
+    """A few steps both ways: 2 epochs of 10 steps (batched and separate products round differently,
+    by how their buffers happen to be aligned too, and training grows the difference with every
+    step, so long runs agree in distribution, not to the digit)."""
+    examples = 640
     from dataclasses import replace
-    if examples:
-        splits = replace(splits, x_train=splits.x_train[:examples], y_train=splits.y_train[:examples])
+    splits = replace(splits, x_train=splits.x_train[:examples], y_train=splits.y_train[:examples])
     seeds = (3, 4, 5)
     specs = [TrainSpec(lr=0.05, epochs=2, batch_size=64, seed=s) for s in seeds]
     nets = _nets(name, seeds, splits)
@@ -49,7 +50,7 @@ def test_stacked_equals_one_after_another(name, masked, examples, splits):
     histories = together.run()
     for k, (net, history) in enumerate(alone):
         for (n, a), b in zip(net.state_dict().items(), nets[k].state_dict().values()):
-            assert torch.allclose(a, b, atol=5e-5, rtol=1e-4), (k, n, (a - b).abs().max())
+            assert torch.allclose(a, b, atol=2e-5, rtol=1e-4), (k, n, (a - b).abs().max())
         for h_alone, h_stacked in zip(history, histories[k]):
             assert h_stacked["train_loss"] == pytest.approx(h_alone["train_loss"], rel=1e-4)
             for key in ("val_acc", "test_acc"):  # at most one example may flip at float tolerance
