@@ -130,9 +130,8 @@ class StudySearch(Searcher):
                 batch.trials[trial_id] = (trial.number, key, config)
                 batch.closed = len(batch.trials) >= self.batch_size
                 return config
-        batch.closed = True
-        if not batch.trials:  # the budget ran out on answers and twins of nothing: nothing to wait for
-            st.batch = _Batch()
+        batch.closed = True  # the budget is asked: the batch ends with its trials, or now if they finished
+        self._end_batch_if_done(regime)
         return None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
