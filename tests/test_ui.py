@@ -128,7 +128,10 @@ def browser():
         yield driver
     finally:
         driver.quit()
-        left = subprocess.run(["pgrep", "-f", profile], capture_output=True, text=True).stdout.split()
+        deadline = time.time() + 10  # quit() returns when ChromeDriver has gone; its browser may take a moment
+        while (left := subprocess.run(["pgrep", "-f", profile], capture_output=True, text=True).stdout.split()) \
+                and time.time() < deadline:
+            time.sleep(0.2)
         for pid in left:
             subprocess.run(["kill", "-9", pid], capture_output=True)
         shutil.rmtree(profile, ignore_errors=True)
