@@ -222,7 +222,7 @@ def search_dirname(trial) -> str:
 
 
 def search_values(records, regime: str) -> dict[int, float]:
-    """Each search trial's value, as Tune reported it: the mean validation accuracy over its seeds."""
+    """Each search trial's value, as Optuna is told it: the mean validation accuracy over its seeds."""
     per_trial: dict[int, list[float]] = {}
     for r in records:
         if r.spec.regime == regime and r.spec.phase == "search" and r.completed:

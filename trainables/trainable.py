@@ -188,29 +188,29 @@ def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, sta
             results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
                 "history": h, "trial_id": rid})
         return results, {}
+    saved = (torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
+             if checkpoint_dir is not None else None)
     resumed: dict[int, int] = {}
     for i in todo:
+        mine = saved if saved is not None and saved.get("record") == ids[i] else None  # the seed it was training
         results[i], epoch = _train_alone(ctx, store, pipe, models[i], starts[i].masks, trains[i], keys[i], ids[i],
-                                         report, checkpoint_dir)
+                                         report, mine)
         if epoch is not None:
             resumed[i] = epoch
     return results, resumed
 
 
 def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, model, masks, train, key, rid: str,
-                 report, checkpoint_dir: str | None) -> tuple[Any, int | None]:
+                 report, saved: dict[str, Any] | None) -> tuple[Any, int | None]:
     """One seed's training as a ``result`` artifact, reporting every epoch but the last (the trial's
     final report follows its record), checkpointed (the checkpoint names the seed's record), resumed
-    from ``checkpoint_dir`` when that holds this seed's; returns (the result, the epoch it resumed
-    from or None)."""
+    from ``saved`` (its checkpoint) when given; returns (the result, the epoch it resumed from or None)."""
     resumed: list[int] = []
 
     def compute(tmp) -> dict[str, Any]:
         trainer = Trainer(model, pipe.splits, train, masks)
         history: list[dict[str, Any]] = []
-        saved = (torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
-                 if checkpoint_dir is not None else None)
-        if saved is not None and saved.get("record") == rid:  # resume: weights, optimiser, schedule position, history
+        if saved is not None:  # resume: weights, optimiser, schedule position, history
             trainer.load_state(TrainState(**saved["state"]))
             history = saved["history"]
             resumed.append(trainer.epoch)
