@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -97,7 +98,7 @@ def _result_key(spec: TrialSpec, train, record: TrialRecord) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
-              report=None, checkpoint_dir: str | None = None) -> list[TrialRecord]:
+              report=None, checkpoint_dir: str | None = None, scratch: str | None = None) -> list[TrialRecord]:
     """One trial: the regime's start point for each of its seeds, then the sparse networks' training;
     one record per seed (``TrialSpec.record_ids``).
 
@@ -111,7 +112,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
 
     ``report(metrics, checkpoint_dir)`` is called after every epoch (Ray Tune's, when under Tune);
     seeds trained one at a time checkpoint (see ``CHECKPOINT_MAX_GAP_S``), stacked ones do not (they
-    train again if the trial is interrupted).  Returns the records.
+    train again if the trial is interrupted); a checkpoint is written under ``scratch`` (default: the
+    system's temporary folder) before ``report`` takes it.  Returns the records.
     """
     started = time.time()
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
@@ -145,7 +147,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
             model.load_state_dict(start.weights)
         return model
 
-    results, resumed = _train(ctx, store, pipe, network, starts, trains, keys, ids, ready, report, checkpoint_dir)
+    results, resumed = _train(ctx, store, pipe, network, starts, trains, keys, ids, ready, report, checkpoint_dir,
+                              scratch)
     finished = time.time()
     for i, rec in enumerate(records):
         if i not in results:  # diverged before the sparse network existed: reported as it is
@@ -171,7 +174,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
 
 
 def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, starts, trains, keys, ids,
-           ready: list[int], report, checkpoint_dir: str | None) -> tuple[dict[int, Any], dict[int, int]]:
+           ready: list[int], report, checkpoint_dir: str | None,
+           scratch: str | None) -> tuple[dict[int, Any], dict[int, int]]:
     """The trial's trainings (of the seeds ``ready``: with a start point): each seed's ``result``
     artifact found, or trained.  Several seeds train as one stacked network where they can and it
     pays (``trainables.stacked.stacks``; reporting the mean every epoch, no checkpoints), else one
@@ -194,14 +198,14 @@ def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, sta
     for i in todo:
         mine = saved if saved is not None and saved.get("record") == ids[i] else None  # the seed it was training
         results[i], epoch = _train_alone(ctx, store, pipe, models[i], starts[i].masks, trains[i], keys[i], ids[i],
-                                         report, mine)
+                                         report, mine, scratch)
         if epoch is not None:
             resumed[i] = epoch
     return results, resumed
 
 
 def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, model, masks, train, key, rid: str,
-                 report, saved: dict[str, Any] | None) -> tuple[Any, int | None]:
+                 report, saved: dict[str, Any] | None, scratch: str | None) -> tuple[Any, int | None]:
     """One seed's training as a ``result`` artifact, reporting every epoch but the last (the trial's
     final report follows its record), checkpointed (the checkpoint names the seed's record), resumed
     from ``saved`` (its checkpoint) when given; returns (the result, the epoch it resumed from or None)."""
@@ -226,7 +230,7 @@ def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, model,
                 report(_metrics(rec, done=False), None)
             elif report:
                 last_checkpoint = time.monotonic()
-                with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
+                with tempfile.TemporaryDirectory(prefix="ckpt-", dir=scratch) as ckpt:
                     torch.save({"state": asdict(trainer.state()), "history": history, "record": rid},
                                Path(ckpt) / CHECKPOINT_FILE)
                     report(_metrics(rec, done=False), ckpt)
@@ -244,8 +248,9 @@ def regime_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     checkpoint = tune.get_checkpoint()
     trial_id = tune.get_context().get_trial_id()
+    scratch = os.getcwd()  # the trial's own folder in Ray's session: no checkpoint left in /tmp if it is killed
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            run_trial(config, ctx, trial_id, report, d)
+            run_trial(config, ctx, trial_id, report, d, scratch)
     else:
-        run_trial(config, ctx, trial_id, report, None)
+        run_trial(config, ctx, trial_id, report, None, scratch)
