@@ -1,6 +1,7 @@
 """The course of a study, shared by ``study.lottery``, ``study.rethinking`` and ``study.confirm``:
-the search (the regimes side by side, one Optuna study each driving Ray Tune trials: ``study.search``), the confirmation on fresh seeds,
-and the finalisation (tables, report, summary, the MLflow parent run).
+the search (the regimes side by side, one Optuna study each driving Ray Tune trials:
+``study.search``), the confirmation on fresh seeds, and the finalisation (tables, report, summary,
+the MLflow parent run).
 
 Every trial is an MLflow child run of the study's parent run and a row of
 ``results/trials.parquet``; the summary leads with the verdicts.
@@ -51,9 +52,10 @@ def write_study_json(cfg: StudyConfig, study_hash: str) -> None:
 
 
 def max_concurrent(cfg: StudyConfig) -> tuple[int, str]:
-    """Trials at once (the regimes' searches share them), and where that number comes from: --max-concurrent, or where it is
-    0 as many as fit at once in what the joined cluster can grow to (its autoscaler's node types and
-    their max_workers; the nodes of a cluster without autoscaler; see study.runtime.cluster_capacity)."""
+    """Trials at once (the regimes' searches share them), and where that number comes from:
+    --max-concurrent, or where it is 0 as many as fit at once in what the joined cluster can grow to
+    (its autoscaler's node types and their max_workers; the nodes of a cluster without autoscaler;
+    see study.runtime.cluster_capacity)."""
     from study.runtime import cluster_capacity, default_concurrency
     x = cfg.execution
     if x.max_concurrent:
@@ -82,9 +84,8 @@ def run_search(cfg: StudyConfig, regimes: list[str], ctx, callback, concurrency:
     if resume and not tune.Tuner.can_restore(experiment_path(cfg, "search")):
         # the driver died before Tune saved the search: start it again, Optuna studies included
         names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-        for regime in regimes:
-            if optuna_study_name(cfg.execution.name, regime) in names:
-                optuna.delete_study(study_name=optuna_study_name(cfg.execution.name, regime), storage=storage)
+        for name in {optuna_study_name(cfg.execution.name, r) for r in regimes} & names:
+            optuna.delete_study(study_name=name, storage=storage)
     searcher = StudySearch(cfg, regimes, search_batch(concurrency, len(regimes)), concurrency, callback)
     run_experiment(cfg, "search", ctx, callback, concurrency,
                    {"search_alg": searcher, "num_samples": cfg.search.num_samples * len(regimes),

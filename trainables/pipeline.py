@@ -194,8 +194,7 @@ class Pipeline:
         artifacts as one seed at a time."""
         cfg, epochs = self.cfg.pruning, self.cfg.training.epochs
         specs = [self.pretrain_spec(lr, seed) for seed in seeds]
-        theta0 = [self.init(seed) for seed in seeds]
-        dense = self.train_many(theta0, [None] * len(seeds), specs, epochs)
+        theta0, dense = self.pretrain_many(lr, seeds)
         results = [ImpResult(theta0=t, rewind=t, pretrained=d, masks=[], trained=[],
                              stages=[StageRun("pretrain", d.name, tuple(d.meta["history"]), 0.0)])
                    for t, d in zip(theta0, dense)]
@@ -222,6 +221,12 @@ class Pipeline:
             live = [i for i in live if not trained[i].meta["diverged"]]
         return results
 
+    def pretrain_many(self, lr: float, seeds: list[int]) -> tuple[list[Artifact], list[Artifact]]:
+        """Each seed's theta_0 and its dense pretraining (trained together, ``train_many``)."""
+        theta0 = [self.init(seed) for seed in seeds]
+        return theta0, self.train_many(theta0, [None] * len(seeds), [self.pretrain_spec(lr, seed) for seed in seeds],
+                                       self.cfg.training.epochs)
+
     def prepare(self, lr: float, seeds: list[int], rewind_epoch: int = 0) -> None:
         """The start points' trainings of several seeds (pretraining and IMP, or the pretraining a
         structured method prunes), trained together into the store: the seeds' regime then finds
@@ -229,8 +234,7 @@ class Pipeline:
         if not self.cfg.pruning.structured:
             self.imp_many(lr, seeds, rewind_epoch)
         else:
-            self.train_many([self.init(seed) for seed in seeds], [None] * len(seeds),
-                            [self.pretrain_spec(lr, seed) for seed in seeds], self.cfg.training.epochs)
+            self.pretrain_many(lr, seeds)
 
 
 @dataclass

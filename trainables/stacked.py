@@ -110,9 +110,8 @@ class StackedTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, self.spec))
         if self.spec.bn_l1 > 0:  # network slimming's L1 subgradient on the BN scales (elementwise: per network)
-            from trainables.structured import _BN, _add_l1_subgradient
-            scales = [self.params[f"{n}.weight"] for n, m in models[0].named_modules()
-                      if isinstance(m, _BN) and m.weight is not None]
+            from trainables.structured import _add_l1_subgradient, bn_scale_names
+            scales = [self.params[n] for n in bn_scale_names(models[0])]
             self.optimizer.register_step_pre_hook(lambda *_: _add_l1_subgradient(scales, self.spec.bn_l1))
         self.epoch = 0
         self.diverged = [False] * self.k

@@ -107,8 +107,7 @@ def pruned_network(p: Pipeline, lr: float, seed: int, prune_round: int | None = 
             return Pruned(imp.theta0, None, imp.stages, arts, diverged_stage=imp.stages[-1].name)
         arts.update(mask=imp.masks[r - 1].name, trained=imp.trained[r - 1].name)
         return Pruned(imp.theta0, imp.trained[r - 1], imp.stages[:r], arts, mask=imp.masks[r - 1])
-    theta0 = p.init(seed)
-    dense = p.train(theta0, None, p.pretrain_spec(lr, seed), p.cfg.training.epochs)
+    (theta0,), (dense,) = p.pretrain_many(lr, [seed])
     stages = [StageRun("pretrain", dense.name, tuple(dense.meta["history"]), 0.0)]
     arts = {"init": theta0.name, "pretrained": dense.name}
     if dense.meta["diverged"]:

@@ -562,8 +562,14 @@ def bn_l1_penalty(model: nn.Module, strength: float) -> None:
         _add_l1_subgradient(_bn_scales(model), strength)
 
 
+def bn_scale_names(model: nn.Module) -> list[str]:
+    """The parameter names of the BatchNorm scales (gamma) that slimming's L1 penalty acts on."""
+    return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, _BN) and m.weight is not None]
+
+
 def _bn_scales(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, _BN) and m.weight is not None]
+    params = dict(model.named_parameters())
+    return [params[n] for n in bn_scale_names(model)]
 
 
 def _add_l1_subgradient(scales: list[torch.Tensor], strength: float) -> None:
