@@ -111,6 +111,32 @@ def split_present(pairs: Iterable[tuple[str, str]], regimes: Iterable[str]
     return present, missing
 
 
+def sequential_plan(config: dict[str, Any], margin_points: float | None = None):
+    """The confirmation's looks (``analysis.sequential.Plan``) from a study's config (``study.json``'s
+    ``config``): the fresh seeds from ``--seed`` + 1 on, ``--confirm-seeds`` per look up to
+    ``--max-confirm-seeds`` (a study made before the looks existed: one look), spent by
+    ``--alpha-spending``; ``margin_points`` overrides the study's equivalence margin."""
+    from analysis.sequential import Plan
+    from study.config import ConfirmationConfig, SearchConfig
+    c = ConfirmationConfig.from_dict(config["confirmation"])
+    cap = c.cap if "max_confirm_seeds" in config["confirmation"] else c.confirm_seeds
+    return Plan.of(SearchConfig.from_dict(config["search"]).seed + 1, c.confirm_seeds, cap,
+                   spending=c.alpha_spending,
+                   margin_points=c.equivalence_margin if margin_points is None else float(margin_points))
+
+
+def study_plan(study_dir: str | os.PathLike[str], margin_points: float | None = None):
+    """``sequential_plan`` of the study's ``study.json``; None without one (tables made by hand: the
+    fixed design, one look at every seed)."""
+    config = read_study_info(study_dir).get("config")
+    if not isinstance(config, dict) or "confirmation" not in config:
+        return None
+    try:
+        return sequential_plan(config, margin_points)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{Path(study_dir) / 'study.json'}: cannot read the confirmation's settings: {e}") from None
+
+
 def sentence_names(a: str, b: str, kind: str = LOTTERY) -> tuple[str, str]:
     """How a verdict sentence names the pair: ids in a lottery study (as it always did), else labels."""
     return (a, b) if kind in ID_NAMED_KINDS else (label(a), label(b))

@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import design, figures
-from analysis.stats import DEFAULT_MARGIN_POINTS, candidates, compare_contrasts, confirm_rows, summarize
+from analysis.sequential import BOOTSTRAP, Plan
+from analysis.stats import DEFAULT_MARGIN_POINTS, Replay, candidates, confirm_rows, summarize
 from analysis.summary import best_per_regime, efficiency, si, times
 from trainables.storage import atomic_path
 
@@ -70,6 +71,10 @@ def _pts(x) -> str:
     return _num(None if x is None else 100 * float(x), "+.2f")
 
 
+def _int(x) -> str:
+    return "-" if x is None or pd.isna(x) else str(int(x))
+
+
 def _ci(lo, hi, f=_num) -> str:
     return f"[{f(lo)}, {f(hi)}]"
 
@@ -80,6 +85,12 @@ def _runners_up(cand: pd.DataFrame | None, regime: str) -> str:
         return ""
     g = cand[(cand["regime"] == regime) & ~cand["picked"]]
     return ", ".join(f"{_lr(r['lr'])} (val {_num(r['val_mean'])})" for _, r in g.iterrows())
+
+
+def _share(r) -> str:
+    if r["dropped_after"] is not None and not pd.isna(r["dropped_after"]):
+        return f"dropped after {int(r['dropped_after'])} seeds"
+    return "-" if pd.isna(r["share"]) else f"{100 * r['share']:.0f}%"
 
 
 def verdict_lines(comparisons: pd.DataFrame, cand: pd.DataFrame | None = None) -> list[str]:
@@ -174,19 +185,26 @@ def read_inputs(study_dir) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     return study, frames[0], frames[1]
 
 
-def comparisons(confirm: pd.DataFrame, margin_points: float, contrasts: list[tuple[str, str]] | None = None,
-                study_kind: str = design.LOTTERY) -> pd.DataFrame:
-    """Every contrast (default: winning ticket vs random re-init) whose two regimes ran, per condition,
-    then the supplementary contrasts the regime registry adds where they ran (late rewind vs random
-    re-init).  Columns of ``stats.COMPARE_COLUMNS`` plus ``a`` and ``b``."""
+def replay(trials: pd.DataFrame, margin_points: float, contrasts: list[tuple[str, str]] | None = None,
+           study_kind: str = design.LOTTERY, plan=None) -> Replay:
+    """The sequential confirmation replayed (``analysis.stats.Replay``) for every contrast (default:
+    winning ticket vs random re-init) whose two regimes ran, per condition, then the supplementary
+    contrasts the regime registry adds where they ran (late rewind vs random re-init).  The driver
+    asks it which comparisons are still open; the report, for the verdicts."""
+    confirm = confirm_rows(trials)
     ran = list(confirm["regime"].dropna().unique()) if len(confirm) else []
     pairs = list(design.DEFAULT_CONTRASTS[design.LOTTERY] if contrasts is None else contrasts)
     pairs += [p for p in design.supplementary_contrasts(ran) if p not in pairs]
     present, _ = design.split_present(pairs, ran)
-    if not present:
-        return pd.DataFrame()
-    return compare_contrasts(confirm, present, margin_points,
-                             names=lambda a, b: design.sentence_names(a, b, study_kind))
+    if plan is None:
+        plan = Plan.fixed(trials["seed"].dropna() if "seed" in trials else (), margin_points=margin_points)
+    return Replay(trials, present, plan, names=lambda a, b: design.sentence_names(a, b, study_kind))
+
+
+def comparisons(trials: pd.DataFrame, margin_points: float, contrasts: list[tuple[str, str]] | None = None,
+                study_kind: str = design.LOTTERY, plan=None) -> pd.DataFrame:
+    """``replay``'s comparisons: columns of ``stats.COMPARE_COLUMNS``."""
+    return replay(trials, margin_points, contrasts, study_kind, plan).frame()
 
 
 def _pairs(pairs) -> str:
@@ -272,6 +290,7 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
     try:
         kind = design.study_kind(study) if study_kind is None else study_kind
         pairs = design.contrasts(study) if contrasts is None else design.parse_contrasts(contrasts)
+        plan = design.study_plan(study, margin_points)
     except ValueError as e:
         raise ReportError(str(e)) from None
     name = next(iter(trials["study"].dropna()), None) if "study" in trials else None
@@ -280,7 +299,7 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
 
     confirm = confirm_rows(trials)
     summary = summarize(confirm) if len(confirm) else pd.DataFrame()
-    comp = comparisons(confirm, margin_points, pairs, kind) if len(confirm) else pd.DataFrame()
+    comp = comparisons(trials, margin_points, pairs, kind, plan) if len(confirm) else pd.DataFrame()
     missing = design.split_present(pairs, confirm["regime"].dropna())[1] if len(confirm) else []
     cand = candidates(trials)
     lines = verdict_lines(comp, cand)
@@ -323,21 +342,34 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
                       _ci(r["low"], r["high"])] for _, r in summary.iterrows()])]
     if len(cand):
         blocks += [("h2", "Tuned LR: the candidates on the fresh seeds"),
-                   ("p", "Each regime's best search LRs, each trained on every fresh seed; the tuned LR (picked) "
+                   ("p", "Each regime's best search LRs, each trained on the fresh seeds; the tuned LR (picked) "
                          "is the one of highest mean validation accuracy, and its test accuracy is what the "
-                         "verdicts compare. Overlapping intervals mean a flat top: the choice among them matters "
-                         "little."),
-                   ("table", ["regime", "LR", "n", "val acc (mean)", "95% CI", "test acc (mean)", "95% CI", "picked"],
+                         "verdicts compare. 'Picked in resamples' is how often each candidate would have been "
+                         f"picked on {BOOTSTRAP} bootstrap resamples of the seeds: the chance in the choice, which "
+                         "the tuned comparison's interval carries. A candidate whose validation accuracy fell "
+                         "clearly below its regime's best at a look took no more seeds (dropped). Overlapping "
+                         "intervals mean a flat top: the choice among them matters little."),
+                   ("table", ["regime", "LR", "seeds", "val acc (mean)", "95% CI", "test acc (mean)", "95% CI",
+                              "picked in resamples", "picked"],
                     [[r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["val_mean"]), _ci(r["val_low"], r["val_high"]),
-                      _num(r["test_mean"]), _ci(r["test_low"], r["test_high"]), "yes" if r["picked"] else ""]
-                     for _, r in cand.iterrows()])]
+                      _num(r["test_mean"]), _ci(r["test_low"], r["test_high"]), _share(r),
+                      "yes" if r["picked"] else ""] for _, r in cand.iterrows()])]
     if len(comp):
         blocks += [("h2", "Comparison (first regime minus second, test accuracy points)"),
+                   ("p", "Sequential: after each look a comparison is decided when its tests pass the look's "
+                         "thresholds (alpha spent over the looks, so the error rates hold whatever look it stops "
+                         "at); its interval is a 95% repeated confidence interval, the tuned one with the choice "
+                         "of LR in it. An undecided comparison at the last look is inconclusive."
+                    if len(comp) and int(comp["looks"].max()) > 1 else
+                    "One look (the fixed design): thresholds p<0.05 for a difference and for TOST."),
                    ("table", ["condition", "regimes", "LRs", "n", "paired", "diff (points)", "95% CI (points)",
-                              "p (difference)", "p (equivalence)", "margin (points)", "verdict"],
+                              "p (difference)", "p (equivalence)", "look", "thresholds (diff / TOST)",
+                              "margin (points)", "verdict"],
                     [[r["condition"], f"{r['a']} - {r['b']}", f"{_lr(r['lr_a'])} / {_lr(r['lr_b'])}",
-                      f"{int(r['n_a'])} / {int(r['n_b'])}", "yes" if r["paired"] else "no", _pts(r["diff"]),
+                      f"{_int(r['n_a'])} / {_int(r['n_b'])}", "yes" if r["paired"] else "no", _pts(r["diff"]),
                       _ci(r["low"], r["high"], _pts), _p(r["p_difference"]), _p(r["p_equivalence"]),
+                      f"{int(r['look'])} of {int(r['looks'])}" + (" (open)" if r["state"] == "open" else ""),
+                      f"{_num(r['level_difference'], '.3g')} / {_num(r['level_equivalence'], '.3g')}",
                       f"±{margin_points:g}", r["verdict"]] for _, r in comp.iterrows()])]
     blocks += _efficiency_blocks(eff)
     blocks += [("h2", "LR search (one seed per LR; best LR chosen on validation accuracy)")]

@@ -14,8 +14,11 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.power import TTestIndPower, TTestPower
+from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
 from analysis.design import DEFAULT_CONTRASTS, LOTTERY, sort_regimes
+from analysis.sequential import BOOTSTRAP, Plan, choice_bootstrap, pick_shares, seeded
 from trainables.records import CONDITIONS  # the confirmation's conditions, in report order
 
 ALPHA = 0.05
@@ -93,9 +96,11 @@ def _p(p: float) -> str:
 
 
 def _sentence(verdict: str, names: tuple[str, str], diff: float, low: float, high: float,
-              p_diff: float, p_eq: float, margin: float, alpha: float) -> str:
+              p_diff: float, p_eq: float, margin: float, alpha: float, level_diff: float) -> str:
+    """``level_diff`` below ``alpha``: a look of the sequential confirmation, whose interval is a
+    repeated one (it covers at every look at once at ``1 - alpha``)."""
     a, b = names
-    level = f"{100 * (1 - alpha):g}% CI"
+    level = f"{100 * (1 - alpha):g}% {'CI' if level_diff >= alpha else 'repeated CI'}"
     m = f"+-{_pts(margin, 1)} points"
     d = 1 if max(abs(diff), abs(low), abs(high)) >= 0.01 else 2
     if verdict == "advantage":
@@ -104,7 +109,7 @@ def _sentence(verdict: str, names: tuple[str, str], diff: float, low: float, hig
                 f"({level} {_pts(lo, d)} to {_pts(hi, d)}, {_p(p_diff)}).")
     ci = f"{level} {_pts(low, d)} to {_pts(high, d)}"
     if verdict == "no meaningful difference":
-        real = (f"; the difference is real ({_p(p_diff)}) but negligible" if p_diff < alpha else "")
+        real = (f"; the difference is real ({_p(p_diff)}) but negligible" if p_diff < level_diff else "")
         return (f"No meaningful difference between {a} and {b}: {a} - {b} = {_pts(diff, d)} points "
                 f"({ci}), equivalent within {m} (TOST {_p(p_eq)}){real}.")
     return (f"Inconclusive: {a} - {b} = {_pts(diff, d)} points ({ci}); neither a difference "
@@ -113,15 +118,22 @@ def _sentence(verdict: str, names: tuple[str, str], diff: float, low: float, hig
 
 def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
                    margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = ALPHA,
-                   names: tuple[str, str] = ("a", "b")) -> Comparison:
+                   names: tuple[str, str] = ("a", "b"), levels: tuple[float, float] | None = None,
+                   se: float | None = None) -> Comparison:
     """Compare two accuracy samples: difference test, TOST equivalence test, CI and verdict.
 
     ``paired``: ``a[i]`` and ``b[i]`` come from the same seed (equal lengths required); a pair
     with a NaN is dropped.  Otherwise NaNs are dropped per sample and Welch's test is used.
+    ``levels``: the nominal levels the tests are held to (two-sided for the difference test,
+    one-sided for each of TOST's tests; default ``(alpha, alpha)``, the fixed design) - a look of
+    the sequential confirmation has its own (``analysis.sequential``); the interval is two-sided at
+    ``1 - levels[0]``.  ``se``: a standard error of the difference to use instead of the samples'
+    own (paired only: the tuned comparison's, which carries the choice of LR).
     """
     if margin_points <= 0:
         raise ValueError(f"margin_points must be > 0 (got {margin_points})")
     margin = margin_points / 100
+    level_diff, level_eq = levels or (alpha, alpha)
     if paired:
         xa, xb = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
         if len(xa) != len(xb):
@@ -142,57 +154,67 @@ def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
 
     if paired:
         d = xa - xb
-        se, df = float(d.std(ddof=1)) / math.sqrt(n_a), n_a - 1
+        df = n_a - 1
+        own = float(d.std(ddof=1)) / math.sqrt(n_a)
+        given = se is not None and se > own  # the choice-carrying standard error (never below the plain one)
+        se = float(se) if given else own
     else:
         va, vb = xa.var(ddof=1) / n_a, xb.var(ddof=1) / n_b
-        se = float(math.sqrt(va + vb))
+        se, given = float(math.sqrt(va + vb)), False
         # Welch-Satterthwaite degrees of freedom (the CI is built by hand so that it also works with
         # scipy < 1.11, whose ttest_ind result has no confidence_interval()).
         df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else math.inf
-    low, high = _t_interval(diff, se, df, 1 - alpha)
+    low, high = _t_interval(diff, se, df, 1 - level_diff)
 
     if se <= _ZERO_SE:  # t statistics undefined: the difference is known exactly
         low = high = diff
         p_diff = 1.0 if abs(diff) <= _ZERO_SE else 0.0  # tolerate rounding in the means
         p_eq = 0.0 if abs(diff) < margin else 1.0
+    elif given:  # the t tests on the given standard error (statsmodels' TOST computes its own)
+        p_diff = float(2 * stats.t.sf(abs(diff) / se, df))
+        p_eq = float(max(stats.t.sf((diff + margin) / se, df), stats.t.sf((margin - diff) / se, df)))
     elif paired:
         p_diff = float(stats.ttest_rel(xa, xb).pvalue)
-        # TOST: scipy has no equivalence test, so it is built from its two one-sided tests.
-        p_lo = stats.ttest_1samp(d, -margin, alternative="greater").pvalue  # H0: diff <= -margin
-        p_hi = stats.ttest_1samp(d, margin, alternative="less").pvalue      # H0: diff >= +margin
-        p_eq = float(max(p_lo, p_hi))
+        p_eq = float(ttost_paired(xa, xb, -margin, margin)[0])
     else:
         p_diff = float(stats.ttest_ind(xa, xb, equal_var=False).pvalue)
-        # TOST (not in scipy), from two one-sided Welch tests with b shifted by -+margin.
-        p_lo = stats.ttest_ind(xa, xb - margin, equal_var=False, alternative="greater").pvalue
-        p_hi = stats.ttest_ind(xa, xb + margin, equal_var=False, alternative="less").pvalue
-        p_eq = float(max(p_lo, p_hi))
+        p_eq = float(ttost_ind(xa, xb, -margin, margin, usevar="unequal")[0])
 
-    if p_eq < alpha:
+    if p_eq < level_eq:
         verdict = "no meaningful difference"
-    elif p_diff < alpha:
+    elif p_diff < level_diff:
         verdict = "advantage"
     else:
         verdict = "inconclusive"
-    sentence = _sentence(verdict, names, diff, low, high, p_diff, p_eq, margin, alpha)
-    detectable, half, reach = _reach(se, df, n_a, low, high, margin, alpha)
+    sentence = _sentence(verdict, names, diff, low, high, p_diff, p_eq, margin, alpha, level_diff)
+    detectable, half, reach = _reach(se, df, n_a, n_b, paired, low, high, margin, level_diff)
     return Comparison(n_a, n_b, paired, diff, low, high, p_diff, p_eq, margin, verdict, sentence,
                       detectable, half, reach)
 
 
-def _reach(se: float, df: float, n: int, low: float, high: float, margin: float,
-           alpha: float) -> tuple[float, float, str]:
-    """What the comparison could detect: the smallest difference a two-sided t test at ``alpha``
-    finds with ``POWER`` at this standard error, (t_{1-alpha/2} + t_{POWER}) * se; the interval's
-    half-width against the margin; and about how many seeds (per side) would bring the half-width
-    under the margin (the half-width shrinks as 1/sqrt(n))."""
+def detectable_difference(se: float, n_a: int, n_b: int, paired: bool, level: float) -> float:
+    """The smallest difference a two-sided t test at ``level`` finds with ``POWER``, at the spread
+    behind ``se`` (statsmodels' power of the paired / Welch t test, in accuracy units)."""
+    if paired:
+        sd = se * math.sqrt(n_a)
+        return float(TTestPower().solve_power(effect_size=None, nobs=n_a, alpha=level, power=POWER)) * sd
+    sd = se / math.sqrt(1 / n_a + 1 / n_b)
+    return float(TTestIndPower().solve_power(effect_size=None, nobs1=n_a, ratio=n_b / n_a, alpha=level,
+                                             power=POWER)) * sd
+
+
+def _reach(se: float, df: float, n_a: int, n_b: int, paired: bool, low: float, high: float, margin: float,
+           level: float) -> tuple[float, float, str]:
+    """What the comparison could detect: the smallest difference its test finds with ``POWER`` at
+    this standard error and level; the interval's half-width against the margin; and about how many
+    seeds (per side) would bring the half-width under the margin (it shrinks as 1/sqrt(n))."""
     half = (high - low) / 2
     if not se > _ZERO_SE or not math.isfinite(df):
         return 0.0, half, f"Detectable: any difference (no spread between seeds); interval +-{_pts(half, 1)} points."
-    detectable = float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(POWER, df)) * se)
+    detectable = detectable_difference(se, n_a, n_b, paired, level)
     seeds = "" if half < margin else \
-        f"; about {math.ceil(n * (half / margin) ** 2)} seeds would bring it within the margin"
-    return detectable, half, (f"Detectable with {n} seeds: {_pts(detectable, 1)} points ({100 * POWER:g}% power at the "
+        f"; about {math.ceil(n_a * (half / margin) ** 2)} seeds would bring it within the margin"
+    return detectable, half, (f"Detectable with {n_a} seeds: {_pts(detectable, 1)} points ({100 * POWER:g}% power at the "
                               f"observed spread); interval +-{_pts(half, 1)} points against the +-{_pts(margin, 1)}-point "
                               f"margin{seeds}.")
 
@@ -203,37 +225,69 @@ def _final_round(trials: pd.DataFrame) -> pd.Series:
 
 
 CANDIDATE_COLUMNS = ["regime", "lr", "n", "val_mean", "val_low", "val_high", "test_mean", "test_low", "test_high",
-                     "picked"]
+                     "picked", "share", "dropped_after"]
 
 
-def candidates(trials: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+def _tuned_rows(trials: pd.DataFrame, completed: bool = True) -> pd.DataFrame:
+    keep = (trials["phase"] == "confirm") & (trials["condition"] == "tuned") & _final_round(trials)
+    if completed:
+        keep &= trials["status"] == "completed"
+    return trials[keep.fillna(False).astype(bool)]
+
+
+def candidates(trials: pd.DataFrame, confidence: float = 0.95, shares: bool = True) -> pd.DataFrame:
     """The tuned condition's candidate LRs (each regime's best search LRs, trained on the fresh
-    seeds): per regime and LR, the mean validation and test accuracy over the seeds with their t
-    intervals; ``picked`` marks each regime's LR of highest mean validation accuracy (the tuned
-    LR; ties go to the smaller LR)."""
-    done = (trials["phase"] == "confirm") & (trials["status"] == "completed") & (trials["condition"] == "tuned")
-    rows = trials[done.fillna(False).astype(bool) & _final_round(trials)]
+    seeds): per regime and LR, the mean validation and test accuracy over its seeds with their t
+    intervals.  A candidate the sequential confirmation stopped (``analysis.sequential``) has fewer
+    seeds than its regime's others: ``dropped_after`` says after how many.  ``picked`` marks each
+    regime's tuned LR: of the candidates that took every seed, the one of highest mean validation
+    accuracy (ties: the smaller LR); ``share`` (with ``shares``) how often each of those would be
+    picked on a bootstrap resample of the seeds."""
+    rows = _tuned_rows(trials)
+    ran = _tuned_rows(trials, completed=False).groupby(["regime", "lr"])["seed"].nunique()
     out = []
     for regime in sort_regimes(pd.unique(rows["regime"])):
         g = rows[rows["regime"] == regime]
+        most = ran[regime].max()
         for lr in sorted(pd.unique(g["lr"])):
             at = g[g["lr"] == lr]
             val = at["val_acc"] if "val_acc" in at else pd.Series(math.nan, index=at.index)  # tables made by hand
             v, t = mean_interval(val, confidence), mean_interval(at["test_acc"], confidence)
             out.append({"regime": regime, "lr": float(lr), "n": v.n, "val_mean": v.mean, "val_low": v.low,
                         "val_high": v.high, "test_mean": t.mean, "test_low": t.low, "test_high": t.high,
-                        "picked": False})
+                        "picked": False, "share": math.nan,
+                        "dropped_after": int(ran[(regime, lr)]) if ran[(regime, lr)] < most else None})
     table = pd.DataFrame(out, columns=CANDIDATE_COLUMNS)
     for regime in pd.unique(table["regime"]):
-        g = table[(table["regime"] == regime) & table["val_mean"].notna()]
+        alive = table[(table["regime"] == regime) & table["dropped_after"].isna()]
+        g = alive[alive["val_mean"].notna()]
         if len(g):
             table.loc[g["val_mean"].idxmax(), "picked"] = True  # idxmax: the first (smallest LR) of ties
+        if shares and len(g) > 1:
+            val = _matrix(rows, regime, list(g["lr"]), "val_acc")
+            if len(val) >= 2:
+                share = pick_shares(val.to_numpy(), seeded(int(val.index[0]), 0, "pick", regime))
+                table.loc[g.index, "share"] = share
+        elif len(g) == 1:
+            table.loc[g.index, "share"] = 1.0
     return table
 
 
+def _matrix(rows: pd.DataFrame, regime: str, lrs: list[float], column: str,
+            seeds: Iterable[int] | None = None) -> pd.DataFrame:
+    """[seed x LR] of ``column`` for ``regime``'s rows at ``lrs`` (seeds in order); seeds missing a
+    value at some LR are left out."""
+    g = rows[(rows["regime"] == regime) & rows["lr"].isin(lrs)]
+    if seeds is not None:
+        g = g[g["seed"].isin(list(seeds))]
+    m = g.pivot_table(index="seed", columns="lr", values=column, aggfunc="mean")
+    return m.reindex(columns=sorted(lrs)).dropna().sort_index()
+
+
 def picked_lrs(trials: pd.DataFrame) -> dict[str, float]:
-    """Each regime's tuned LR: its candidate of highest mean validation accuracy over the fresh seeds."""
-    c = candidates(trials)
+    """Each regime's tuned LR: of its candidates that took every seed, the one of highest mean
+    validation accuracy over them."""
+    c = candidates(trials, shares=False)
     return {r["regime"]: r["lr"] for _, r in c[c["picked"]].iterrows()}
 
 
@@ -296,45 +350,193 @@ def _pairable(ra: pd.DataFrame, rb: pd.DataFrame) -> bool:
             and set(sa) == set(sb))
 
 
-def compare_regimes(trials: pd.DataFrame, a: str = "winning_ticket", b: str = "random_reinit",
-                    margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = ALPHA,
-                    names: tuple[str, str] | None = None) -> pd.DataFrame:
-    """Regime ``a`` against regime ``b`` in each condition that has both (see the module docstring).
-    ``names``: how the sentences name the two regimes (default: their ids ``a`` and ``b``)."""
-    names = (a, b) if names is None else names
-    rows = confirm_rows(trials)
-    out = []
-    for cond in _conditions(rows):
-        g = _in_condition(rows, cond)
-        ra, rb = g[g["regime"] == a], g[g["regime"] == b]
-        if ra.empty or rb.empty:
-            continue
-        paired = _pairable(ra, rb)
-        if paired:
-            ra, rb = ra.sort_values("seed"), rb.sort_values("seed")
-        c = compare_arrays(ra["test_acc"].to_numpy(float), rb["test_acc"].to_numpy(float), paired=paired,
-                           margin_points=margin_points, alpha=alpha, names=names)
-        out.append({"condition": cond, "lr_a": _lr(ra["lr"]), "lr_b": _lr(rb["lr"]), "n_a": c.n_a,
-                    "n_b": c.n_b, "paired": c.paired, "diff": c.diff, "low": c.low, "high": c.high,
-                    "p_difference": c.p_difference, "p_equivalence": c.p_equivalence,
-                    "margin": c.margin, "verdict": c.verdict, "sentence": c.sentence, "detectable": c.detectable,
-                    "half_width": c.half_width, "reach": c.reach})
-    return pd.DataFrame(out, columns=COMPARE_COLUMNS)
+def _rows(rows: pd.DataFrame, regime: str, condition, seeds: tuple[int, ...] | None,
+          lrs: list[float] | None = None) -> pd.DataFrame:
+    g = _in_condition(rows, condition)
+    g = g[g["regime"] == regime]
+    if lrs is not None:
+        g = g[g["lr"].isin(lrs)]
+    return g if seeds is None else g[g["seed"].isin(list(seeds))]
+
+
+def _pick(rows: pd.DataFrame, regime: str, lrs: list[float], seeds: tuple[int, ...] | None) -> float | None:
+    """Of ``lrs``, the one of highest mean validation accuracy over ``seeds`` (ties: the smaller);
+    None without validation accuracies (tables made by hand)."""
+    g = _rows(rows, regime, "tuned", seeds, lrs)
+    if "val_acc" not in g or g["val_acc"].isna().all():
+        return None
+    means = g.groupby("lr")["val_acc"].mean()
+    return float(means.index[int(np.argmax(means.to_numpy()))])
+
+
+def _eliminate(rows: pd.DataFrame, regime: str, lrs: list[float], seeds: tuple[int, ...], level: float) -> list[float]:
+    """The candidates that can still be picked after a look: a candidate whose validation accuracy
+    is below the best's by more than the look allows (paired by seed, one-sided at ``level / 2``:
+    the difference test's boundary on one side) takes no more seeds."""
+    val = _matrix(rows, regime, lrs, "val_acc", seeds)
+    n = len(val)
+    if n < 2 or len(lrs) < 2:
+        return list(lrs)
+    v = val.to_numpy()
+    best = int(np.argmax(v.mean(axis=0)))
+    keep = []
+    for j, lr in enumerate(val.columns):
+        d = v[:, best] - v[:, j]
+        se = d.std(ddof=1) / math.sqrt(n)
+        worse = d.mean() > _ZERO_SE if se <= _ZERO_SE else stats.t.sf(d.mean() / se, n - 1) < level / 2
+        if j == best or not worse:
+            keep.append(float(lr))
+    return keep
+
+
+COMPARE_COLUMNS += ["a", "b", "look", "looks", "state", "level_difference", "level_equivalence", "choice"]
+
+
+class Replay:
+    """The sequential confirmation replayed on a trials table (``analysis.sequential``): every
+    comparison (condition x contrast) look by look until it is decided, reaches the last look, or
+    meets a look not trained yet; each regime's tuned candidates that can still be picked."""
+
+    def __init__(self, trials: pd.DataFrame, pairs: list[tuple[str, str]], plan: Plan,
+                 names: Callable[[str, str], tuple[str, str]] | None = None):
+        self.plan = plan
+        ran = (trials["phase"] == "confirm") & _final_round(trials)
+        self.ran = trials[ran.fillna(False).astype(bool)]  # any status: a look trained, even if a run failed
+        self.rows = self.ran[self.ran["status"] == "completed"]
+        self.sequential = len(plan.looks) > 1
+        self._alive: dict[str, list[list[float]]] = {}
+        self.comparisons: list[dict] = []
+        for a, b in pairs:  # contrast order, then condition order
+            for cond in _conditions(self.rows):
+                present = set(_in_condition(self.rows, cond)["regime"])
+                if a in present and b in present:
+                    self.comparisons.append(self._replay(cond, a, b, names(a, b) if names else (a, b)))
+
+    def _seeds(self, k: int, new: bool = False) -> tuple[int, ...] | None:
+        if not self.sequential:
+            return None  # the fixed design: every row
+        return self.plan.new_seeds(k) if new else self.plan.seeds_at(k)
+
+    def alive(self, regime: str, k: int) -> list[float]:
+        """``regime``'s tuned candidates that take look ``k``'s seeds."""
+        looks = self._alive.setdefault(regime, [sorted(float(x) for x in pd.unique(
+            _rows(self.ran, regime, "tuned", None)["lr"]))])
+        while len(looks) <= k:
+            j, prev = len(looks) - 1, looks[-1]
+            trained = len(_rows(self.ran, regime, "tuned", self._seeds(j, new=True), prev)) > 0
+            looks.append(_eliminate(self.rows, regime, prev, self.plan.seeds_at(j), self.plan.levels(j)[0])
+                         if trained and self.sequential else prev)
+        return looks[k]
+
+    def _lrs(self, regime: str, cond, k: int) -> list[float] | None:
+        return self.alive(regime, k) if cond == "tuned" else None
+
+    def _replay(self, cond, a: str, b: str, names: tuple[str, str]) -> dict:
+        plan, last = self.plan, len(self.plan.looks) - 1
+        row: dict = {"condition": cond, "a": a, "b": b, "look": 0, "looks": len(plan.looks), "state": "open"}
+        for k in range(len(plan.looks)):
+            new = self._seeds(k, new=True)
+            if any(_rows(self.ran, r, cond, new, self._lrs(r, cond, k)).empty for r in (a, b)):
+                break  # this look is not trained (yet)
+            seeds = self._seeds(k)
+            picks = {r: _pick(self.rows, r, self._lrs(r, cond, k), seeds) if cond == "tuned" else None for r in (a, b)}
+            ra, rb = (_rows(self.rows, r, cond, seeds, None if picks[r] is None else [picks[r]]) for r in (a, b))
+            paired = _pairable(ra, rb)
+            if paired:
+                ra, rb = ra.sort_values("seed"), rb.sort_values("seed")
+            se, choice = None, ""
+            if cond == "tuned" and paired and None not in picks.values() and \
+                    max(len(self._lrs(a, cond, k)), len(self._lrs(b, cond, k))) > 1:
+                se, choice = self._choice(a, b, k, names)
+            levels = plan.levels(k)
+            c = compare_arrays(ra["test_acc"].to_numpy(float), rb["test_acc"].to_numpy(float), paired=paired,
+                               margin_points=plan.margin_points, alpha=plan.alpha, names=names, levels=levels, se=se)
+            decided = c.verdict != "inconclusive"
+            state = "decided" if decided else ("cap" if k == last else "open")
+            row.update({"lr_a": picks[a] if picks[a] is not None else _lr(ra["lr"]),
+                        "lr_b": picks[b] if picks[b] is not None else _lr(rb["lr"]),
+                        "n_a": c.n_a, "n_b": c.n_b, "paired": c.paired, "diff": c.diff, "low": c.low,
+                        "high": c.high, "p_difference": c.p_difference, "p_equivalence": c.p_equivalence,
+                        "margin": c.margin, "verdict": c.verdict, "sentence": c.sentence,
+                        "detectable": c.detectable, "half_width": c.half_width,
+                        "reach": self._look_text(k, state, levels, choice) + c.reach, "look": k + 1,
+                        "state": state, "level_difference": levels[0], "level_equivalence": levels[1],
+                        "choice": choice})
+            if state != "open":
+                break
+        if "verdict" not in row:  # no look trained: nothing to compare yet
+            row.update(verdict="inconclusive", sentence=f"Inconclusive: no confirmation runs of {names[0]} and "
+                                                        f"{names[1]} on the first look's seeds yet.", reach="")
+        return row
+
+    def _choice(self, a: str, b: str, k: int, names: tuple[str, str]) -> tuple[float | None, str]:
+        """The tuned comparison's standard error with the choice of LR in it, and how often each
+        candidate is picked (``analysis.sequential.choice_bootstrap``)."""
+        seeds = self.plan.seeds_at(k) if self.sequential else None
+        lrs = {r: self.alive(r, k) for r in (a, b)}
+        val = {r: _matrix(self.rows, r, lrs[r], "val_acc", seeds) for r in (a, b)}
+        test = {r: _matrix(self.rows, r, lrs[r], "test_acc", seeds) for r in (a, b)}
+        common = sorted(set.intersection(*(set(m.index) for m in (*val.values(), *test.values()))))
+        n = len(common)
+        if n < 3:
+            return None, ""
+        v = {r: val[r].loc[common].to_numpy() for r in (a, b)}
+        t = {r: test[r].loc[common].to_numpy() for r in (a, b)}
+        diffs, picks = choice_bootstrap(v, t, a, b, seeded(int(common[0]), k, "choice", a, b))
+        se = float(diffs.std(ddof=1)) * math.sqrt(n / (n - 1))
+        parts = []
+        for r, name in zip((a, b), names):
+            share = np.bincount(picks[r], minlength=len(lrs[r])) / len(picks[r])
+            order = np.argsort(-share, kind="stable")
+            parts.append(f"{name} " + ", ".join(f"{lrs[r][j]:.3g} {100 * share[j]:.0f}%" for j in order if share[j] > 0))
+        return se, f"picked on {BOOTSTRAP} resamples of the seeds: " + "; ".join(parts)
+
+    def _look_text(self, k: int, state: str, levels: tuple[float, float], choice: str) -> str:
+        if not self.sequential:
+            return ""
+        n, looks = self.plan.looks[k], len(self.plan.looks)
+        where = {"decided": f"Decided at look {k + 1} of {looks} ({n} seeds",
+                 "cap": f"Undecided at the cap, look {looks} of {looks} ({n} seeds",
+                 "open": f"Open after look {k + 1} of {looks} ({n} seeds"}[state]
+        carried = f"; the interval carries the choice of LR ({choice})" if choice else ""
+        return (f"{where}; thresholds p<{levels[0]:.3g} for a difference, TOST p<{levels[1]:.3g}{carried}). ")
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.comparisons, columns=COMPARE_COLUMNS)
+
+    def next_look(self) -> tuple[int, list[tuple[str, str, float]]] | None:
+        """The next look to train and its configurations ``(regime, condition, lr)``: every regime of
+        an open comparison, in its condition (tuned: its candidates that can still be picked); None
+        when every comparison is decided or at the last look."""
+        open_ = [c for c in self.comparisons if c["state"] == "open" and 1 <= c["look"] < len(self.plan.looks)]
+        if not open_:
+            return None
+        k = max(c["look"] for c in open_)  # the next look's index (looks are 1-based in the rows)
+        configs = set()
+        for c in open_:
+            for r in (c["a"], c["b"]):
+                lrs = self.alive(r, k) if c["condition"] == "tuned" else \
+                    sorted(float(x) for x in pd.unique(_rows(self.ran, r, c["condition"], None)["lr"]))
+                configs |= {(r, c["condition"], lr) for lr in lrs}
+        return k, sorted(configs, key=lambda x: (sort_regimes([x[0]]), str(x[1]), x[2]))
 
 
 def compare_contrasts(trials: pd.DataFrame, contrasts: Iterable[tuple[str, str]] | None = None,
                       margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = ALPHA,
-                      names: Callable[[str, str], tuple[str, str]] | None = None) -> pd.DataFrame:
-    """``compare_regimes`` for every contrast ``(a, b)`` (default: the lottery pair), stacked in
-    contrast order, with columns ``a`` and ``b`` added; a contrast whose regimes did not both run
-    in some condition gives no row there.  ``names(a, b)``: the sentence's names (default: ids)."""
+                      names: Callable[[str, str], tuple[str, str]] | None = None,
+                      plan: Plan | None = None) -> pd.DataFrame:
+    """Every contrast ``(a, b)`` (default: the lottery pair) in every condition that has both, in
+    condition then contrast order, replayed over the looks of ``plan`` (default: one look at every
+    seed, the fixed design); columns ``COMPARE_COLUMNS``.  ``names(a, b)``: the sentence's names."""
     pairs = DEFAULT_CONTRASTS[LOTTERY] if contrasts is None else list(contrasts)
-    frames = []
-    for a, b in pairs:
-        df = compare_regimes(trials, a=a, b=b, margin_points=margin_points, alpha=alpha,
-                             names=names(a, b) if names else None)
-        if len(df):
-            frames.append(df.assign(a=a, b=b))
-    if not frames:
-        return pd.DataFrame(columns=[*COMPARE_COLUMNS, "a", "b"])
-    return pd.concat(frames, ignore_index=True)
+    if plan is None:
+        plan = Plan.fixed(trials["seed"].dropna() if "seed" in trials else (), alpha=alpha,
+                          margin_points=margin_points)
+    return Replay(trials, pairs, plan, names).frame()
+
+
+def compare_regimes(trials: pd.DataFrame, a: str = "winning_ticket", b: str = "random_reinit",
+                    margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = ALPHA,
+                    names: tuple[str, str] | None = None, plan: Plan | None = None) -> pd.DataFrame:
+    """Regime ``a`` against regime ``b`` in each condition that has both (``compare_contrasts``)."""
+    return compare_contrasts(trials, [(a, b)], margin_points, alpha, (lambda x, y: names) if names else None, plan)

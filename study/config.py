@@ -27,6 +27,11 @@ def _regimes() -> tuple[str, ...]:
     return tuple(REGIMES)
 
 
+def _spendings() -> tuple[str, ...]:
+    from analysis.spending import SPENDING
+    return tuple(SPENDING)
+
+
 @dataclass(frozen=True)
 class SearchConfig(Settings):
     title: ClassVar[str] = "search"
@@ -83,7 +88,16 @@ class ConfirmationConfig(Settings):
     title: ClassVar[str] = "confirmation (fresh seeds at each regime's best search LRs, and at two fixed LRs)"
 
     confirm: bool = setting(True, "skip the confirmation (run it later with python -m study.confirm <study folder>)")
-    confirm_seeds: int = setting(10, "fresh seeds per regime, condition and candidate LR")
+    confirm_seeds: int = setting(10, "fresh seeds of the confirmation's first look, and of each later one (a "
+                                     "comparison not decided yet takes this many more)")
+    max_confirm_seeds: int | None = setting(None, "the cap: a comparison still undecided with this many seeds is "
+                                                  "reported inconclusive, with what it could detect (default: "
+                                                  "4 x --confirm-seeds, four looks; = --confirm-seeds: one look, the "
+                                                  "fixed design)")
+    alpha_spending: str = setting("pocock", "how the error rate is spent over the looks (Lan-DeMets): pocock (even; "
+                                            "a clear effect stops at the first look) or obrien-fleming (little "
+                                            "early; the last look close to the fixed design)",
+                                  choices=_spendings)
     candidates: int = setting(3, "each regime's best N search LRs, trained on the fresh seeds; the tuned LR is the "
                                  "one of highest mean validation accuracy over them, its test accuracy the verdict's")
     fixed_small_lr: float = setting(0.01, "the paper's contrast: every regime also at this small fixed LR")
@@ -94,9 +108,19 @@ class ConfirmationConfig(Settings):
                                 "tuned LR)")
     fixed: bool = setting(True, "skip the fixed-LR conditions")
 
+    LOOKS: ClassVar[int] = 4  # looks of the default cap
+
+    @property
+    def cap(self) -> int:
+        """The most fresh seeds a comparison takes."""
+        return self.max_confirm_seeds if self.max_confirm_seeds is not None else self.LOOKS * self.confirm_seeds
+
     def check(self) -> None:
         super().check()
         require(self.confirm_seeds >= 1, "confirm_seeds", f"must be >= 1 (got {self.confirm_seeds})")
+        require(self.cap >= self.confirm_seeds, "max_confirm_seeds",
+                f"must be >= --confirm-seeds (got {self.cap} < {self.confirm_seeds})")
+        require(self.cap <= 1000, "max_confirm_seeds", f"must be <= 1000 (got {self.cap})")
         require(self.candidates >= 1, "candidates", f"must be >= 1 (got {self.candidates})")
         require(self.fixed_small_lr > 0, "fixed_small_lr", f"must be > 0 (got {self.fixed_small_lr:g})")
         require(self.fixed_large_lr > self.fixed_small_lr, "fixed_large_lr",

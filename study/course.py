@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from study.config import StudyConfig, optuna_study_name
-from study.confirmation import candidate_lrs, confirm_dirname, confirm_seeds, confirm_specs, sweep_specs
+from study.confirmation import (candidate_lrs, confirm_dirname, confirm_seeds, confirm_specs, look_specs, plan,
+                                sweep_specs)
 from study.runtime import quiet_logs, quiet_ray_env
 from trainables.regimes import get_regime
 
@@ -249,11 +250,15 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
 
 def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.stdout,
                      resume: bool = False) -> bool:
-    """Run every confirmation trial (with ``resume``: those not done yet), in two stages: the
-    candidate and fixed LRs, then the sparsity sweep at each regime's picked LR; True when all
-    finished."""
+    """Run every confirmation trial (with ``resume``: those not done yet): the first look (candidate
+    and fixed LRs on ``--confirm-seeds`` fresh seeds), each later look for the comparisons still
+    open (``analysis.sequential``), then the sparsity sweep at each regime's picked LR; True when
+    all finished.  Each look is a Tune experiment of its own (``ray/confirm``, ``ray/confirm-2``,
+    ...); what it trains follows from the records of the looks before, so a resumed study finds
+    the same looks again."""
     from ray import tune
 
+    from analysis.report import replay
     from analysis.stats import candidates as candidate_table
     from analysis.summary import read_tables
     from analysis.tables import load_records, write_tables
@@ -261,12 +266,16 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
     from study.tuning import run_experiment
 
     c = cfg.confirmation
+    looks = plan(cfg)
     write_tables(cfg.study_dir)  # from every record on disk: the candidates come from all search trials
     trials, _ = read_tables(cfg.study_dir)
     lrs = candidate_lrs(trials, c.candidates)
     first = confirm_specs(cfg, lrs)
-    print(f"--- confirmation: {sum(len(s.seeds) for s in first)} runs ({len(first)} trials of {c.confirm_seeds} "
-          f"seeds {confirm_seeds(cfg)}, each trained together); candidate LRs "
+    sequential = (f"; then {c.confirm_seeds} more at each look for the comparisons not decided, up to "
+                  f"{c.max_confirm_seeds} ({len(looks.looks)} looks, {c.alpha_spending} spending)"
+                  if len(looks.looks) > 1 else "")
+    print(f"--- confirmation, look 1: {sum(len(s.seeds) for s in first)} runs ({len(first)} trials of "
+          f"{c.confirm_seeds} seeds {confirm_seeds(cfg)}, each trained together){sequential}; candidate LRs "
           + "; ".join(f"{r} " + ", ".join(f"{lr:.3g}" for lr in v) for r, v in lrs.items())
           + (f"; fixed LRs {c.fixed_small_lr:g} and {c.fixed_large_lr:g}" if c.fixed else ""), file=out, flush=True)
 
@@ -282,18 +291,37 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
         cb.tables.flush()
         if cb.failure:
             raise DeterministicFailure(cb.failure)
-        # from disk: after Tuner.restore the events go to Tune's own copy of the callback
+        # from disk: after Tune.restore the events go to Tune's own copy of the callback
         return not asked - {r.spec for r in load_records(cfg.study_dir)}
 
     if not stage("confirm", first):
         return False
-    write_tables(cfg.study_dir)
-    table = candidate_table(read_tables(cfg.study_dir)[0])
+    while True:
+        write_tables(cfg.study_dir)
+        trials = read_tables(cfg.study_dir)[0]
+        state = replay(trials, c.equivalence_margin, cfg.contrasts, cfg.kind, looks)
+        for row in state.comparisons:
+            print(f"    look {row['look']}: {row['condition']} {row['a']} vs {row['b']}: "
+                  + (f"open ({100 * row['diff']:+.1f} points, CI {100 * row['low']:.1f} to {100 * row['high']:.1f})"
+                     if row["state"] == "open" else f"{row['verdict']} ({100 * row['diff']:+.1f} points)"),
+                  file=out, flush=True)
+        nxt = state.next_look()
+        if nxt is None:
+            break
+        k, configs = nxt
+        specs = look_specs(cfg, looks.new_seeds(k), configs)
+        print(f"--- confirmation, look {k + 1} of {len(looks.looks)}: {len(looks.new_seeds(k))} more seeds "
+              f"({looks.new_seeds(k)[0]}..{looks.new_seeds(k)[-1]}) for "
+              + ", ".join(f"{r} {cond} {lr:.3g}" for r, cond, lr in configs), file=out, flush=True)
+        if not stage(f"confirm-{k + 1}", specs):
+            return False
+    table = candidate_table(trials)
     picked = {r["regime"]: r["lr"] for _, r in table[table["picked"]].iterrows()}
     for regime in table["regime"].unique():
         g = table[table["regime"] == regime]
         print(f"    {regime}: tuned LR {picked.get(regime, float('nan')):.3g} of "
-              + ", ".join(f"{r['lr']:.3g} (val {r['val_mean']:.4f})" for _, r in g.iterrows()), file=out, flush=True)
+              + ", ".join(f"{r['lr']:.3g} (val {r['val_mean']:.4f}, {r['n']} seeds)" for _, r in g.iterrows()),
+              file=out, flush=True)
     sweep = sweep_specs(cfg, picked)
     if sweep:
         print(f"--- sparsity sweep: {sum(len(s.seeds) for s in sweep)} runs at the tuned LRs", file=out, flush=True)

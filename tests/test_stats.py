@@ -207,7 +207,10 @@ def test_each_comparison_says_what_it_could_detect():
     b = np.full(5, 0.7)
     c = compare_arrays(b + d, b, paired=True, margin_points=1.0)
     se = d.std(ddof=1) / np.sqrt(5)
-    assert c.detectable == pytest.approx((stats.t.ppf(0.975, 4) + stats.t.ppf(0.8, 4)) * se)
+    from statsmodels.stats.power import TTestPower  # the exact (noncentral t) power of the paired test
+    effect = TTestPower().solve_power(effect_size=None, nobs=5, alpha=0.05, power=0.8)
+    assert c.detectable == pytest.approx(effect * se * np.sqrt(5))
+    assert c.detectable > (stats.t.ppf(0.975, 4) + stats.t.ppf(0.8, 4)) * se  # above the normal approximation
     assert c.half_width == pytest.approx((c.high - c.low) / 2)
     need = int(np.ceil(5 * (c.half_width / 0.01) ** 2))  # the interval is wider than the margin here
     assert c.verdict == "inconclusive" and f"about {need} seeds would bring it within the margin" in c.reach
