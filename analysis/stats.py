@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable
 
 import numpy as np
@@ -192,15 +193,20 @@ def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
                       detectable, half, reach)
 
 
+@lru_cache(maxsize=1024)
+def _effect(n_a: int, n_b: int, paired: bool, level: float) -> float:
+    """The standardised effect a two-sided t test at ``level`` finds with ``POWER`` (statsmodels'
+    power of the paired / two-sample t test; it depends on the counts and the level only)."""
+    if paired:
+        return float(TTestPower().solve_power(effect_size=None, nobs=n_a, alpha=level, power=POWER))
+    return float(TTestIndPower().solve_power(effect_size=None, nobs1=n_a, ratio=n_b / n_a, alpha=level, power=POWER))
+
+
 def detectable_difference(se: float, n_a: int, n_b: int, paired: bool, level: float) -> float:
     """The smallest difference a two-sided t test at ``level`` finds with ``POWER``, at the spread
-    behind ``se`` (statsmodels' power of the paired / Welch t test, in accuracy units)."""
-    if paired:
-        sd = se * math.sqrt(n_a)
-        return float(TTestPower().solve_power(effect_size=None, nobs=n_a, alpha=level, power=POWER)) * sd
-    sd = se / math.sqrt(1 / n_a + 1 / n_b)
-    return float(TTestIndPower().solve_power(effect_size=None, nobs1=n_a, ratio=n_b / n_a, alpha=level,
-                                             power=POWER)) * sd
+    behind ``se``, in accuracy units."""
+    sd = se * math.sqrt(n_a) if paired else se / math.sqrt(1 / n_a + 1 / n_b)
+    return _effect(n_a, n_b, paired, level) * sd
 
 
 def _reach(se: float, df: float, n_a: int, n_b: int, paired: bool, low: float, high: float, margin: float,
@@ -518,7 +524,8 @@ class Replay:
                 lrs = self.alive(r, k) if c["condition"] == "tuned" else \
                     sorted(float(x) for x in pd.unique(_rows(self.ran, r, c["condition"], None)["lr"]))
                 configs |= {(r, c["condition"], lr) for lr in lrs}
-        return k, sorted(configs, key=lambda x: (sort_regimes([x[0]]), str(x[1]), x[2]))
+        order = {r: i for i, r in enumerate(sort_regimes({c[0] for c in configs}))}
+        return k, sorted(configs, key=lambda x: (order[x[0]], str(x[1]), x[2]))
 
 
 def compare_contrasts(trials: pd.DataFrame, contrasts: Iterable[tuple[str, str]] | None = None,

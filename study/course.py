@@ -272,7 +272,7 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
     lrs = candidate_lrs(trials, c.candidates)
     first = confirm_specs(cfg, lrs)
     sequential = (f"; then {c.confirm_seeds} more at each look for the comparisons not decided, up to "
-                  f"{c.max_confirm_seeds} ({len(looks.looks)} looks, {c.alpha_spending} spending)"
+                  f"{c.cap} ({len(looks.looks)} looks, {c.alpha_spending} spending)"
                   if len(looks.looks) > 1 else "")
     print(f"--- confirmation, look 1: {sum(len(s.seeds) for s in first)} runs ({len(first)} trials of "
           f"{c.confirm_seeds} seeds {confirm_seeds(cfg)}, each trained together){sequential}; candidate LRs "

@@ -128,15 +128,18 @@ def _get_json(url: str) -> dict:
 
 def comparison_runs(study_dir: Path) -> tuple[str, list[str]]:
     """The runs that compare the regimes best, from the study's Parquet table (which holds each
-    trial's MLflow run id): the ``tuned`` confirmation runs at the final sparsity (every regime at
-    its own best LR, on the same fresh seeds) when there are any, else each regime's best search
-    run.  Returns (what they are, run ids)."""
+    trial's MLflow run id): the ``tuned`` confirmation runs at the final sparsity and at each
+    regime's picked LR (every regime at its own best LR, on the same fresh seeds; not the candidates
+    passed over) when there are any, else each regime's best search run.  Returns (what they are,
+    run ids)."""
+    from analysis.stats import confirm_rows
     from analysis.summary import best_per_regime, read_tables
     if not (study_dir / "results" / "trials.parquet").is_file():
         return "", []
     trials, _ = read_tables(study_dir)
-    tuned = trials[(trials["phase"] == "confirm") & (trials["condition"] == "tuned")]
-    final = tuned[tuned["prune_round"].isna() | (tuned["prune_round"] == tuned["prune_round"].max())]
+    # each regime at its picked LR only (the candidates passed over are not what the verdict compares)
+    final = confirm_rows(trials)
+    final = final[final["condition"] == "tuned"]
     if len(final):
         return ("each regime at its own best LR on the confirmation seeds (condition tuned)",
                 list(final["mlflow_run_id"].dropna()))

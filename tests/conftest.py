@@ -79,7 +79,7 @@ def _run_tiny_study(tmp: Path, data_dir: str) -> dict[str, object]:
     args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "2", "--rounds", "2",
             "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
             "--root", str(tmp / "studies"), "--name", "tiny", "--data-dir", data_dir, "--num-cpus", "2",
-            "--confirm-seeds", str(K), "--candidates", "1"]  # one candidate: the counts below stay fixed
+            "--confirm-seeds", str(K), "--max-confirm-seeds", str(K), "--candidates", "1"]  # one look, one candidate: the counts below stay fixed
     r = run_cli(args, env)
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
     shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -288,7 +288,7 @@ def test_confirmation_alone_on_a_finished_search(tmp_path, ray_env, data_dir, ca
         return err
     assert "study_dir" in refused(str(tmp_path))  # not a study folder
     assert "--confirm-seeds" in refused(str(study), "--confirm-seeds", "0")
-    ok = confirm(str(study), "--confirm-seeds", "2", "--candidates", "1", "--no-sweep")
+    ok = confirm(str(study), "--confirm-seeds", "2", "--max-confirm-seeds", "2", "--candidates", "1", "--no-sweep")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Verdicts" in ok.stdout
     trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()

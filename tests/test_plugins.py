@@ -51,7 +51,7 @@ def test_a_regime_and_a_method_registered_outside_run_through_the_study(tmp_path
     root = tmp_path / "s"
     r = run_cli(["--plugins", "my_plugin", "--regimes", "winning_ticket,flipped_ticket",
                  "--method", "layer-normalised", "--num-samples", "2", "--startup-trials", "1", "--epochs", "1",
-                 "--rounds", "1", "--lr-min", "0.03", "--lr-max", "0.3", "--lr-grid", "2", "--confirm-seeds", "2",
+                 "--rounds", "1", "--lr-min", "0.03", "--lr-max", "0.3", "--lr-grid", "2", "--confirm-seeds", "2", "--max-confirm-seeds", "2",
                  "--no-fixed", "--no-sweep", "--root", str(root), "--name", "plug", "--data-dir", data_dir,
                  "--num-cpus", "2"], plugin_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

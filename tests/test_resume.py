@@ -27,7 +27,7 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     root = tmp_path / "s"
     args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "8", "--rounds", "2",
             "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
-            "--checkpoint-every", "1", "--confirm-seeds", "2", "--candidates", "1", "--no-sweep", "--no-fixed",
+            "--checkpoint-every", "1", "--confirm-seeds", "2", "--max-confirm-seeds", "2", "--candidates", "1", "--no-sweep", "--no-fixed",
             "--root", str(root), "--name", "killed", "--data-dir", data_dir, "--num-cpus", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=ray_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -98,3 +98,53 @@ def test_a_run_that_no_trial_will_finish_is_dropped_at_the_end(tmp_path):
     assert tracker.drop_unrecorded({"done", "recorded"}) == 1
     left = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{tracker.parent_id}'")
     assert sorted(r.data.tags["trial_id"] for r in left) == ["done", "recorded"]
+
+
+def test_a_study_killed_in_the_confirmations_second_look_resumes_there(tmp_path, ray_env, data_dir):
+    """SIGKILL once the second look's first record is written (looks of 2 fresh seeds up to 6: with
+    two seeds a look decides nothing), then --resume: the study continues at that look, and every
+    run is once in the tables and MLflow; the looks trained are those the replay asks for."""
+    root = tmp_path / "s"
+    args = ["--num-samples", "2", "--regimes", ",".join(REGIMES), "--epochs", "3", "--rounds", "1",
+            "--lr-grid", "2", "--lr-min", "0.03", "--lr-max", "0.3", "--startup-trials", "2",
+            "--confirm-seeds", "2", "--max-confirm-seeds", "6", "--candidates", "1", "--no-sweep", "--no-fixed",
+            "--root", str(root), "--name", "looks", "--data-dir", data_dir, "--num-cpus", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=ray_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    records = root / "looks" / "trial-records"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(records.glob("*-s3.json")) + list(records.glob("*-s4.json")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _kill_ray_of(ray_env["RAY_TMPDIR"])
+    assert not (root / "looks" / "summary.txt").exists()  # it stopped mid-way
+
+    r = run_cli(["--resume", "--root", str(root), "--name", "looks", "--num-cpus", "2"], ray_env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = root / "looks"
+    trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
+    confirm = trials[trials.phase == "confirm"]
+    assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}
+    assert not confirm.duplicated(["regime", "condition", "lr", "seed", "prune_round"]).any()  # each run once
+
+    from analysis.design import study_plan
+    from analysis.report import replay
+    state = replay(trials, 1.0, [REGIMES], "lottery", study_plan(study))
+    (tuned,) = state.comparisons
+    assert tuned["state"] in ("decided", "cap") and tuned["look"] >= 2 and state.next_look() is None
+    for regime in REGIMES:  # the seeds of every look up to the deciding one, nothing more
+        assert sorted(confirm[confirm.regime == regime].seed) == list(range(1, 2 * tuned["look"] + 1))
+    assert f"look {tuned['look']} of 3" in r.stdout
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("looks").experiment_id], max_results=1000)
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
+    assert Counter(c.data.tags["trial_id"] for c in children) == Counter({t: 1 for t in trials["trial_id"]})

@@ -159,7 +159,7 @@ def test_rethinking_cli_end_to_end(tmp_path, ray_env, data_dir):
     import subprocess
     import sys
     args = ["--num-samples", "2", "--startup-trials", "2", "--epochs", "2", "--lr-grid", "2",
-            "--confirm-seeds", "2", "--candidates", "1", "--root", str(tmp_path / "s"), "--name", "rt", "--data-dir", data_dir,
+            "--confirm-seeds", "2", "--max-confirm-seeds", "2", "--candidates", "1", "--root", str(tmp_path / "s"), "--name", "rt", "--data-dir", data_dir,
             "--num-cpus", "2"]
     r = subprocess.run([sys.executable, "-m", "study.rethinking", *args], cwd=ROOT, env=ray_env,
                        capture_output=True, text=True, timeout=600)
@@ -211,7 +211,7 @@ def test_rethinking_on_real_fashion_mnist(tmp_path, ray_env):
 
     data = tmp_path / "data"  # empty: the study unpacks Debian's files into it by itself
     args = ["--dataset", "fashion_mnist", "--model", "lenet300", "--train-subset", "2000", "--batch-size", "100",
-            "--num-samples", "2", "--startup-trials", "2", "--epochs", "2", "--lr-grid", "2", "--confirm-seeds", "2", "--candidates", "1",
+            "--num-samples", "2", "--startup-trials", "2", "--epochs", "2", "--lr-grid", "2", "--confirm-seeds", "2", "--max-confirm-seeds", "2", "--candidates", "1",
             "--root", str(tmp_path / "s"), "--name", "fm", "--data-dir", str(data), "--num-cpus", "2"]
     r = subprocess.run([sys.executable, "-m", "study.rethinking", *args], cwd=ROOT, env=ray_env,
                        capture_output=True, text=True, timeout=600)

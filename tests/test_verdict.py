@@ -12,7 +12,7 @@ from tests.conftest import run_cli
 # 5 grid points (0.01 .. 1 at 2 per decade) and 6 trials per regime: at least one repeat each
 ARGS = ["--regimes", "winning_ticket,random_reinit", "--num-samples", "6", "--startup-trials", "3",
         "--lr-grid", "2", "--lr-min", "0.01", "--lr-max", "1", "--epochs", "1", "--rounds", "1",
-        "--confirm-seeds", "2", "--candidates", "2", "--no-fixed", "--num-cpus", "2"]
+        "--confirm-seeds", "2", "--max-confirm-seeds", "4", "--candidates", "2", "--no-fixed", "--num-cpus", "2"]
 
 
 def _run(tmp_path, name, ray_env, data_dir):
@@ -49,11 +49,25 @@ def test_the_same_command_twice_gives_the_same_answer_and_trains_nothing_twice(t
     assert len(results) == len(t1[t1.reused_from.isna() & t1.train_epochs.notna()])  # one per configuration
     assert re.search(r"winning_ticket .* \d+ +[1-5] +\d+\n", out1)  # the summary's distinct-LR count
 
-    # the tuned LR: each regime's 2 best search LRs on both fresh seeds, the better on validation picked
-    # (the sweep after it, at the picked LR only: tests/test_stats.py, the plan)
+    # the confirmation in two looks of 2 fresh seeds each: the same runs both times; each regime's 2
+    # best search LRs on the first look's seeds, the second look only where the comparison was open
+    # (and only for a candidate that could still be picked); the tuned LR the better on validation
+    from analysis.design import study_plan
+    from analysis.report import replay
     from analysis.stats import picked_lrs
-    confirm = t1[t1.phase == "confirm"]
-    assert (confirm.groupby("regime").lr.nunique() == 2).all() and len(confirm) == 2 * 2 * 2
+
+    def confirmed(t):
+        c = t[(t.phase == "confirm") & (t.prune_round == t.rounds)].sort_values(["regime", "lr", "seed"])
+        return list(zip(c.regime, c.lr, c.seed, c.val_acc, c.test_acc))
+    assert confirmed(t1) == confirmed(t2)
+    confirm = t1[(t1.phase == "confirm") & (t1.prune_round == t1.rounds)]
+    assert (confirm.groupby("regime").lr.nunique() == 2).all()
+    assert set(confirm.groupby(["regime", "lr"]).seed.apply(frozenset)) <= {frozenset({1, 2}), frozenset({1, 2, 3, 4})}
+    state = replay(t1, 1.0, [("winning_ticket", "random_reinit")], "lottery", study_plan(study))
+    assert state.next_look() is None and {c["state"] for c in state.comparisons} <= {"decided", "cap"}
+    looks = state.comparisons[0]["look"]
+    assert set(confirm.seed) == ({1, 2} if looks == 1 else {1, 2, 3, 4})
+    assert f"look {looks} of 2" in verdicts(out1)[0]
     picked = picked_lrs(t1)
     assert f"at LR {picked['winning_ticket']:.3g}" in verdicts(out1)[0]
     assert "runners-up: " in verdicts(out1)[0] and "Detectable with 2 seeds" in verdicts(out1)[0]
