@@ -47,6 +47,13 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;p
        "ul.verdicts li{margin:.4em 0}code{background:#f5f5f5;padding:0 .2em}")
 
 
+SEQUENTIAL = ("The seeds come in looks: a comparison not decided at one look takes more seeds at the next, up to "
+              "a cap, and each look holds its tests to thresholds that spend the 5% error rate over the looks "
+              "(group-sequential, Lan-DeMets alpha spending), so its intervals are repeated 95% confidence "
+              "intervals; the tuned comparison's standard error is bootstrapped over the seeds with the choice of "
+              "each regime's LR redone in every resample (docs/statistics.md).")
+
+
 class ReportError(ValueError):
     """Bad input: the message names the problem."""
 
@@ -84,7 +91,9 @@ def _runners_up(cand: pd.DataFrame | None, regime: str) -> str:
     if cand is None or not len(cand):
         return ""
     g = cand[(cand["regime"] == regime) & ~cand["picked"]]
-    return ", ".join(f"{_lr(r['lr'])} (val {_num(r['val_mean'])})" for _, r in g.iterrows())
+    return ", ".join(f"{_lr(r['lr'])} (val {_num(r['val_mean'])}"
+                     + (f", dropped after {int(r['dropped_after'])} seeds)" if pd.notna(r["dropped_after"]) else ")")
+                     for _, r in g.iterrows())
 
 
 def _share(r) -> str:
@@ -243,14 +252,14 @@ def _method(kind: str, confirm: pd.DataFrame, margin_points: float) -> str:
                 "not used in the search, and reports the test accuracy of the final epoch, never the best epoch. "
                 "Intervals are 95% t intervals over seeds. The difference is tested with a t test (paired where "
                 "seeds match); a 'no meaningful difference' verdict needs the two one-sided tests (TOST) to place "
-                f"the difference within ±{margin_points:g} accuracy points, not merely a large p-value.")
+                f"the difference within ±{margin_points:g} accuracy points, not merely a large p-value. " + SEQUENTIAL)
     return ("Each regime's learning rate is tuned by its own search and chosen on validation accuracy (a split "
             "held out of the training set); test accuracy is never used to choose. The confirmation retrains "
             f"each regime {_conditions_text(confirm)} with fresh seeds not used in the search, and reports the "
             "test accuracy of the final epoch, never the best epoch. Intervals are 95% t intervals over seeds. "
             "The difference is tested with a t test (paired where seeds match); a 'no meaningful difference' "
             "verdict needs the two one-sided tests (TOST) to place the difference within "
-            f"±{margin_points:g} accuracy points, not merely a large p-value.")
+            f"±{margin_points:g} accuracy points, not merely a large p-value. " + SEQUENTIAL)
 
 
 def _efficiency_blocks(eff: pd.DataFrame) -> list:
@@ -346,7 +355,8 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
                          "is the one of highest mean validation accuracy, and its test accuracy is what the "
                          "verdicts compare. 'Picked in resamples' is how often each candidate would have been "
                          f"picked on {BOOTSTRAP} bootstrap resamples of the seeds: the chance in the choice, which "
-                         "the tuned comparison's interval carries. A candidate whose validation accuracy fell "
+                         "the tuned comparison's interval carries (the verdict line's shares come from that "
+                         "comparison's own resamples of both regimes' seeds, and may differ by a point). A candidate whose validation accuracy fell "
                          "clearly below its regime's best at a look took no more seeds (dropped). Overlapping "
                          "intervals mean a flat top: the choice among them matters little."),
                    ("table", ["regime", "LR", "seeds", "val acc (mean)", "95% CI", "test acc (mean)", "95% CI",

@@ -33,14 +33,12 @@ docs/statistics.md explains the choices.  Nothing here imports torch, Ray or the
 """
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
-import pandas as pd
 from scipy import optimize, stats
 
 from analysis.spending import SPENDING

@@ -29,7 +29,7 @@ _ZERO_SE = 1e-12  # a standard error at or below this counts as zero variance
 SUMMARY_COLUMNS = ["condition", "regime", "lr", "n", "mean", "sd", "low", "high"]
 COMPARE_COLUMNS = ["condition", "lr_a", "lr_b", "n_a", "n_b", "paired", "diff", "low", "high",
                    "p_difference", "p_equivalence", "margin", "verdict", "sentence", "detectable", "half_width",
-                   "reach"]
+                   "reach", "a", "b", "look", "looks", "state", "level_difference", "level_equivalence", "choice"]
 POWER = 0.8  # the power at which the smallest detectable advantage is stated
 
 
@@ -393,9 +393,6 @@ def _eliminate(rows: pd.DataFrame, regime: str, lrs: list[float], seeds: tuple[i
         if j == best or not worse:
             keep.append(float(lr))
     return keep
-
-
-COMPARE_COLUMNS += ["a", "b", "look", "looks", "state", "level_difference", "level_equivalence", "choice"]
 
 
 class Replay:
