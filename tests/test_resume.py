@@ -3,6 +3,7 @@ every trial exactly once in Parquet, MLflow and Optuna."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,7 +114,11 @@ def test_a_study_killed_in_the_confirmations_second_look_resumes_there(tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     records = root / "looks" / "trial-records"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(records.glob("*-s3.json")) + list(records.glob("*-s4.json")):
+    second_look = re.compile(r'"seeds": \[[34]\], "phase": "confirm"')  # a record of look 2's seeds 3, 4
+
+    def in_second_look() -> bool:
+        return any(second_look.search(p.read_text()) for p in records.glob("*.json"))
+    while time.time() < deadline and not in_second_look():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
