@@ -121,12 +121,22 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
     quiet_ray_env()
     quiet_logs()
     study_dir = cfg.study_dir
+    from study.lock import DriverLock, StudyInUse, describe
+    try:
+        if not resume and search:
+            study_dir.mkdir(parents=True)
+        lock = DriverLock.acquire(study_dir)  # one driver per study, for the driver's whole life
+    except StudyInUse as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if lock.took_over:
+        print(f"taking the study over from {describe(lock.took_over)}: that driver ended without releasing it",
+              flush=True)
     if resume:
         study_hash = json.loads((study_dir / "study.json").read_text())["study_hash"]
         print(f"Study {x.name}: resuming in {study_dir}", flush=True)
     elif search:
         study_hash = cfg.study_hash()
-        study_dir.mkdir(parents=True)
         write_study_json(cfg, study_hash)
         own = {r: s.space(r) for r in cfg.regimes if get_regime(r).lr_range}  # regimes with a range of their own
         print(f"Study {x.name}: regimes {', '.join(cfg.regimes)}, {s.num_samples} trials each, "
@@ -242,6 +252,7 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
           + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
              f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"
              if not x.mlflow_uri else f"\nMLflow: {uri} (experiment {x.name})"))
+    lock.release()
     if failure:
         print(f"error: the study stopped: {failure}", file=sys.stderr)
         return 1

@@ -86,7 +86,7 @@ def test_summary_is_printed(finished_study):
 
 
 # The study's own lines before its summary: the header, the progress view, nothing else
-OWN_LINE = re.compile(r"(Study \S+: .*|folder /.*|MLflow: .*|Ray: .*|--- .*|\[ *\d+s\] .*|    \w+: tuned LR .*|"
+OWN_LINE = re.compile(r"(Study \S+: .*|taking the study over from .*|folder /.*|MLflow: .*|Ray: .*|--- .*|\[ *\d+s\] .*|    \w+: tuned LR .*|"
                       r"    look \d+: \w+ \w+ vs \w+: .*|)$")
 
 

@@ -37,6 +37,12 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     while time.time() < deadline and len(list(records.glob("*.json"))) < 3:  # mid-way through the first regime
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.2)
+    # a second driver on the running study is refused before it writes anything, naming the holder
+    t0 = time.time()
+    second = run_cli(["--resume", "--root", str(root), "--name", "killed", "--num-cpus", "2"], ray_env, timeout=60)
+    assert second.returncode == 2 and second.stdout == "", second.stdout[-2000:] + second.stderr[-2000:]
+    assert len(second.stderr.strip().splitlines()) == 1 and time.time() - t0 < 30
+    assert "in use by another driver" in second.stderr and f"process {proc.pid}, since " in second.stderr
     os.kill(proc.pid, signal.SIGKILL)  # the study process only
     proc.wait()
     time.sleep(3)  # its local Ray runtime may linger a moment (a stale worker may even write)
@@ -50,7 +56,9 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
 
     r = run_cli(["--resume", "--root", str(root), "--name", "killed", "--num-cpus", "2"], ray_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.startswith("taking the study over from host ") and f"process {proc.pid}," in r.stdout.splitlines()[0]
     study = root / "killed"
+    assert (study / "driver.lock").read_text() == ""  # released at the end
     trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
     epochs = pq.read_table(study / "results" / "epochs.parquet").to_pandas()
     search = trials[trials.phase == "search"]
@@ -153,3 +161,22 @@ def test_a_study_killed_in_the_confirmations_second_look_resumes_there(tmp_path,
     runs = client.search_runs([client.get_experiment_by_name("looks").experiment_id], max_results=1000)
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
     assert Counter(c.data.tags["trial_id"] for c in children) == Counter({t: 1 for t in trials["trial_id"]})
+
+
+def test_one_driver_per_study_lock(tmp_path):
+    """The driver lock: a second holder is refused naming the first; a released lock is free; a lock
+    file naming a holder that is gone (it never released) is taken over, and says whom from."""
+    import pytest
+
+    from study.lock import DriverLock, StudyInUse
+    first = DriverLock.acquire(tmp_path)
+    assert first.took_over is None
+    with pytest.raises(StudyInUse, match=f"process {os.getpid()}, since "):
+        DriverLock.acquire(tmp_path)
+    first.release()
+    again = DriverLock.acquire(tmp_path)
+    assert again.took_over is None
+    os.close(again.fd)  # the process "dies" holding it: the kernel frees the lock, the holder line stays
+    dead = DriverLock.acquire(tmp_path)
+    assert dead.took_over["pid"] == os.getpid() and dead.took_over["host"]
+    dead.release()
