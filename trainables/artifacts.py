@@ -3,7 +3,9 @@
 A stage is described by a JSON-able spec (its kind plus every field that changes its result,
 including the hashes of the stages it starts from).  The canonical JSON of the spec hashes to the
 stage's directory name; a stage whose directory holds ``meta.json`` is complete and is loaded, not
-recomputed.  On a local folder (or NFS mount) writes go to a temporary directory renamed into place
+recomputed; every file's sha256 is in ``meta.json`` and checked when the stage is found and when
+its tensors are loaded (a damaged stage is moved aside and computed again).  On a local folder
+(or NFS mount) writes go to a temporary directory renamed into place
 (atomic on one file system), and a file lock makes concurrent trials that need the same stage
 compute it once: the second waits, then loads.  On an object store (``s3://``, ``gs://``: no rename,
 no lock) the files are uploaded and ``meta.json`` last marks the stage complete; two nodes may then
@@ -58,8 +60,27 @@ class Artifact:
         return Path(self.location)
 
     def tensors(self, file: str = "tensors.pt") -> dict[str, torch.Tensor]:
-        data = self.storage.read_bytes(Storage(self.location).join(file))
+        """The tensors of ``file``, checked against the digest written with them: a file damaged
+        since the store found it raises ``DamagedArtifact`` (the trial fails, and its retry finds
+        the artifact damaged and rebuilds it) rather than train from it."""
+        want = self.meta.get("digests", {}).get(file)
+        try:
+            data = self.storage.read_bytes(Storage(self.location).join(file))
+        except OSError as e:
+            if want is None:
+                raise
+            raise DamagedArtifact(f"artifact {self.name}: {file} cannot be read ({type(e).__name__})") from e
+        if want is not None and _digest(data) != want:
+            raise DamagedArtifact(f"artifact {self.name}: {file} does not match its digest")
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class DamagedArtifact(RuntimeError):
+    """An artifact's file is not what was written."""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -77,12 +98,33 @@ class ArtifactStore:
             self.root.mkdir(parents=True, exist_ok=True)
 
     def find(self, kind: str, spec: dict[str, Any]) -> Artifact | None:
+        """The complete artifact of ``spec``, its files checked against the digests in its
+        ``meta.json``; None when there is none, or when it was damaged (a truncated, changed or
+        unreadable file: it is moved aside to ``damaged/`` and named in one line, so that the stage
+        is computed again)."""
         h = spec_hash({"kind": kind, **spec})
-        location = self.storage.join(f"{kind}-{h}")
-        meta = self.storage.join(f"{kind}-{h}", "meta.json")
-        if not self.storage.exists(meta):
+        name = f"{kind}-{h}"
+        location = self.storage.join(name)
+        meta_file = self.storage.join(name, "meta.json")
+        if not self.storage.exists(meta_file):
             return None
-        return Artifact(kind, h, location, json.loads(self.storage.read_text(meta)), False, self.storage)
+        try:
+            meta = json.loads(self.storage.read_text(meta_file))
+            for file, want in meta.get("digests", {}).items():
+                if _digest(self.storage.read_bytes(self.storage.join(name, file))) != want:
+                    raise DamagedArtifact(f"{file} does not match its digest")
+        except (OSError, ValueError, DamagedArtifact) as e:
+            self._move_aside(name, f"{type(e).__name__}: {e}".splitlines()[0])
+            return None
+        return Artifact(kind, h, location, meta, False, self.storage)
+
+    def _move_aside(self, name: str, why: str) -> None:
+        aside = self.storage.join("damaged", f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        try:
+            self.storage.move(self.storage.join(name), aside)
+        except (OSError, FileNotFoundError):
+            return  # another trial moved it first
+        print(f"artifact {name} was damaged ({why}): moved to {aside}; computing it again", flush=True)
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -134,8 +176,9 @@ class ArtifactStore:
                 metas = compute(todo, [tmps[i] for i in todo]) if todo else []
                 seconds = (time.perf_counter() - start) / max(1, len(todo))  # each one's share
                 for i, meta in zip(todo, metas):
-                    name, meta = f"{kind}-{hashes[i]}", {**meta, "compute_seconds": seconds}
                     _write_json(tmps[i] / "spec.json", fulls[i])
+                    digests = {p.name: _digest(p.read_bytes()) for p in sorted(tmps[i].iterdir()) if p.is_file()}
+                    name, meta = f"{kind}-{hashes[i]}", {**meta, "compute_seconds": seconds, "digests": digests}
                     if self.storage.local:
                         _write_json(tmps[i] / "meta.json", meta)
                         os.rename(tmps[i], self.root / name)

@@ -95,6 +95,17 @@ class Storage:
         fs, p = self._fs(location)
         fs.delete_file(p)
 
+    def move(self, src: str, dst: str) -> None:
+        """Move a folder (a rename where local; copy and delete on an object store)."""
+        if self.local:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+            return
+        fs, p = self._fs(src)
+        _, q = self._fs(dst)
+        fs.create_dir(posixpath.dirname(q), recursive=True)
+        fs.move(p, q)
+
     def list_names(self, location: str, suffix: str = "") -> list[str]:
         if self.local:
             d = Path(location)
