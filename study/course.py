@@ -248,6 +248,10 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
                  *((f, "report/figures") for f in report["figures"])]
         tracker.finish_parent(metrics, files, status)
     print(summary)
+    from trainables.artifacts import ArtifactStore  # the trials' own lines reach only Ray's logs
+    for name in ArtifactStore(ctx.artifact_root).damaged_since(t0):
+        print(f"artifact {name.rsplit('-', 2)[0]} was found damaged and computed again (kept in "
+              f"artifacts/damaged/{name})")
     print(f"\nResults: {study_dir / 'results'}  |  report: {report['html']}"
           + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
              f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"

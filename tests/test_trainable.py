@@ -236,3 +236,5 @@ def test_a_damaged_artifact_is_moved_aside_and_computed_again(tmp_path, capsys, 
     aside = list((folder.parent / "damaged").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith(art.name) and (aside[0] / "meta.json").exists()
     assert store.find("init", {"seed": 3}) is not None  # the rebuilt one passes
+    assert store.damaged_since(time.time() - 60) == [aside[0].name]  # what the driver names at the end
+    assert store.damaged_since(time.time() + 5) == []

@@ -75,6 +75,9 @@ class Artifact:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+DAMAGED_TIME = "%Y%m%dT%H%M%S"  # when an artifact was moved aside (UTC), in its folder's name
+
+
 class DamagedArtifact(RuntimeError):
     """An artifact's file is not what was written."""
 
@@ -118,8 +121,14 @@ class ArtifactStore:
             return None
         return Artifact(kind, h, location, meta, False, self.storage)
 
+    def damaged_since(self, t0: float) -> list[str]:
+        """The artifacts moved aside as damaged since ``t0`` (epoch seconds): their folders' names,
+        ``<kind>-<hash>-<UTC time>-<id>``."""
+        since = time.strftime(DAMAGED_TIME, time.gmtime(t0))
+        return [n for n in self.storage.list_names(self.storage.join("damaged")) if n.rsplit("-", 2)[-2] >= since]
+
     def _move_aside(self, name: str, why: str) -> None:
-        aside = self.storage.join("damaged", f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        aside = self.storage.join("damaged", f"{name}-{time.strftime(DAMAGED_TIME, time.gmtime())}-{uuid.uuid4().hex[:6]}")
         try:
             self.storage.move(self.storage.join(name), aside)
         except (OSError, FileNotFoundError):
