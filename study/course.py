@@ -21,6 +21,7 @@ from study.confirmation import (candidate_lrs, confirm_dirname, confirm_seeds, c
                                 sweep_specs)
 from study.runtime import quiet_logs, quiet_ray_env
 from trainables.regimes import get_regime
+from trainables.storage import atomic_path, storage_failure
 
 
 def code_revision() -> dict[str, object] | None:
@@ -114,7 +115,25 @@ def close_orphans_of(cfg: StudyConfig, regime: str) -> None:
 def run_study(cfg: StudyConfig, search: bool = True) -> int:
     """The search (unless ``search`` is False: a finished study's confirmation only), the
     confirmation (unless ``--no-confirm``), the tables, the report and the summary.  With
-    ``--resume``, finished parts are skipped and interrupted experiments continue."""
+    ``--resume``, finished parts are skipped and interrupted experiments continue.
+
+    A write that cannot succeed (a full disk, a read-only folder, a failing device: the driver's
+    own, or a trial's, which stops the study at once instead of being retried) ends the study with
+    one line naming it and exit status 1; every file is written whole or not at all, and
+    ``--resume`` continues once the cause is fixed."""
+    try:
+        return _run_study(cfg, search)
+    except BaseException as e:  # noqa: BLE001 - only write failures are caught, the rest re-raised
+        why = storage_failure(e)
+        if why is None:
+            raise
+        x = cfg.execution
+        print(f"error: the study stopped: {why}; once that is fixed, continue with python -m study.{cfg.kind} "
+              f"--resume --name {x.name} --root {Path(x.root)}", file=sys.stderr)
+        return 1
+
+
+def _run_study(cfg: StudyConfig, search: bool) -> int:
     x, s = cfg.execution, cfg.search
     resume = x.resume
     t0 = time.time()
@@ -174,9 +193,6 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
             raise
     print(f"MLflow: {uri} (experiment {x.name})", flush=True)
 
-    from analysis.report import build_report
-    from analysis.summary import best_per_regime, format_summary, read_tables
-    from analysis.tables import write_tables
     from study.callbacks import DeterministicFailure, Progress, StudyCallback
     from trainables.trainable import TrialContext
 
@@ -189,7 +205,7 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
 
     def callback(progress: Progress) -> StudyCallback:
         return StudyCallback(x.name, study_dir, study_hash, tracker, progress, settings, ctx.shared)
-    status, failure = "FAILED", None
+    status, failure, wall = "FAILED", None, None
     if resume:
         caught = callback(Progress({})).catch_up()
         if caught:
@@ -228,25 +244,24 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
         status = "KILLED"
         print(f"interrupted: the tables hold the trials finished so far; continue with\n"
               f"  python -m study.{cfg.kind} --resume --name {x.name} --root {Path(x.root)}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - the driver's own write failures; the rest re-raised
+        if storage_failure(e) is None:
+            raise
+        wall = storage_failure(e)
     finally:
         ray.shutdown()
-        write_tables(study_dir)
-        trials, epochs = read_tables(study_dir)
-        report = build_report(study_dir, cfg.confirmation.equivalence_margin)
-        summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"],
-                                 report["contrasts"], report["study_kind"], report["efficiency"])
-        (study_dir / "summary.txt").write_text(summary + "\n")
-        if status == "FINISHED":  # every trial is recorded: a run without a record will never finish
-            tracker.drop_unrecorded(set(trials["trial_id"]))
-        best = best_per_regime(trials[trials["phase"] == "search"])
-        metrics = {f"{r['regime']}/{k}": float(r[k]) for _, r in best.iterrows()
-                   for k in ("best_lr", "best_val_acc", "test_acc") if not math.isnan(r[k])}
-        files = [(study_dir / "summary.txt", None), (study_dir / "study.json", None),
-                 (study_dir / "results" / "trials.parquet", "results"),
-                 (study_dir / "results" / "epochs.parquet", "results"),
-                 (report["markdown"], "report"), (report["html"], "report"),
-                 *((f, "report/figures") for f in report["figures"])]
-        tracker.finish_parent(metrics, files, status)
+        if wall is None:  # with a full disk the finalisation would only run into it again
+            try:
+                summary, report = _finalise(cfg, tracker, status, t0)
+            except Exception as e:  # noqa: BLE001
+                if storage_failure(e) is None:
+                    raise
+                wall = storage_failure(e)
+    if wall is not None:
+        lock.release()
+        print(f"error: the study stopped: {wall}; once that is fixed, continue with python -m study.{cfg.kind} "
+              f"--resume --name {x.name} --root {Path(x.root)}", file=sys.stderr)
+        return 1
     print(summary)
     from trainables.artifacts import ArtifactStore  # the trials' own lines reach only Ray's logs
     for name in ArtifactStore(ctx.artifact_root).damaged_since(t0):
@@ -261,6 +276,33 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
         print(f"error: the study stopped: {failure}", file=sys.stderr)
         return 1
     return 0 if status == "FINISHED" else 130
+
+
+def _finalise(cfg: StudyConfig, tracker, status: str, t0: float):
+    """The tables, the report, the summary and the MLflow parent run; (summary, report)."""
+    from analysis.report import build_report
+    from analysis.summary import best_per_regime, format_summary, read_tables
+    from analysis.tables import write_tables
+    study_dir = cfg.study_dir
+    write_tables(study_dir)
+    trials, epochs = read_tables(study_dir)
+    report = build_report(study_dir, cfg.confirmation.equivalence_margin)
+    summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"],
+                             report["contrasts"], report["study_kind"], report["efficiency"])
+    with atomic_path(study_dir / "summary.txt") as tmp:
+        tmp.write_text(summary + "\n")
+    if status == "FINISHED":  # every trial is recorded: a run without a record will never finish
+        tracker.drop_unrecorded(set(trials["trial_id"]))
+    best = best_per_regime(trials[trials["phase"] == "search"])
+    metrics = {f"{r['regime']}/{k}": float(r[k]) for _, r in best.iterrows()
+               for k in ("best_lr", "best_val_acc", "test_acc") if not math.isnan(r[k])}
+    files = [(study_dir / "summary.txt", None), (study_dir / "study.json", None),
+             (study_dir / "results" / "trials.parquet", "results"),
+             (study_dir / "results" / "epochs.parquet", "results"),
+             (report["markdown"], "report"), (report["html"], "report"),
+             *((f, "report/figures") for f in report["figures"])]
+    tracker.finish_parent(metrics, files, status)
+    return summary, report
 
 
 def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.stdout,

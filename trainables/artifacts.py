@@ -207,4 +207,8 @@ class ArtifactStore:
 
 
 def save_tensors(directory: Path, tensors: dict[str, torch.Tensor], file: str = "tensors.pt") -> None:
-    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, directory / file)
+    # serialised in memory, then written by Python: a full disk raises OSError(ENOSPC) naming the
+    # file (torch.save into a file says only "unexpected pos ..." from its zip writer)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buf)
+    (directory / file).write_bytes(buf.getvalue())

@@ -7,6 +7,7 @@ key, and completion is marked by writing a stage's ``meta.json`` last.
 """
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import tempfile
@@ -124,3 +125,27 @@ class Storage:
 
     def make_local_tmp(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="artifact-"))
+
+
+# A write that cannot succeed by retrying: a full disk or quota, a read-only folder, a failing device
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+STORAGE_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Input/output error",
+                 "database or disk is full")
+
+
+def storage_failure(exc: BaseException | str | None) -> str | None:
+    """``cannot write <path>: <why>`` when ``exc`` (an exception, its causes, or an error's text,
+    e.g. a failed trial's last line) is such a write failure; None otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return f"cannot write{f' {exc.filename}' if exc.filename else ''}: {exc.strerror or os.strerror(exc.errno)}"
+        text = exc if isinstance(exc, str) else str(exc)
+        for line in text.splitlines():
+            if any(t in line for t in STORAGE_TEXTS):
+                return f"cannot write: {line.strip()}"
+        if isinstance(exc, str):
+            return None
+        exc = exc.__cause__ or exc.__context__
+    return None
