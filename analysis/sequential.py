@@ -118,6 +118,11 @@ class Plan:
         return self.seeds[(self.looks[k - 1] if k else 0):self.looks[k]]
 
 
+def _resample(n: int, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """[resamples x n] counts: how often each of n seeds is drawn into each bootstrap resample."""
+    return rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+
+
 def _picks(means: np.ndarray) -> np.ndarray:
     """Index of the best column per row (ties: the first, the smallest LR)."""
     return np.argmax(means, axis=-1)
@@ -130,7 +135,7 @@ def choice_bootstrap(val: dict[str, np.ndarray], test: dict[str, np.ndarray], a:
     Returns the resampled differences (a's test accuracy at its pick minus b's) and each regime's
     picks."""
     n = next(iter(val.values())).shape[0]
-    counts = rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)  # [B, seeds]
+    counts = _resample(n, rng, resamples)
     picks = {r: _picks(counts @ val[r]) for r in (a, b)}
     rows = np.arange(resamples)
     at = {r: (counts @ test[r])[rows, picks[r]] / n for r in (a, b)}
@@ -140,9 +145,7 @@ def choice_bootstrap(val: dict[str, np.ndarray], test: dict[str, np.ndarray], a:
 def pick_shares(val: np.ndarray, rng: np.random.Generator, resamples: int = BOOTSTRAP) -> np.ndarray:
     """How often each candidate (column of ``val``, [seeds x candidates]) is the best on a resample
     of the seeds: the chance in picking it."""
-    n = val.shape[0]
-    counts = rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
-    return np.bincount(_picks(counts @ val), minlength=val.shape[1]) / resamples
+    return np.bincount(_picks(_resample(val.shape[0], rng, resamples) @ val), minlength=val.shape[1]) / resamples
 
 
 def seeded(first_seed: int, k: int, *names: str) -> np.random.Generator:

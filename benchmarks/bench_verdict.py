@@ -44,7 +44,8 @@ def run(root: Path, seed: int, extra: list[str]) -> dict:
         sys.exit(f"study --seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     study = root / name
     trials, _ = read_tables(study)
-    state = replay(trials, study_plan(study).margin_points, contrasts(study), study_kind(study), study_plan(study))
+    plan = study_plan(study)
+    state = replay(trials, plan.margin_points, contrasts(study), study_kind(study), plan)
     comps = [{k: (v.item() if hasattr(v, "item") else v) for k, v in c.items()
               if k in ("condition", "a", "b", "lr_a", "lr_b", "n_a", "diff", "low", "high", "verdict", "look",
                        "looks", "state")} for c in state.comparisons]

@@ -127,10 +127,18 @@ def run_study(cfg: StudyConfig, search: bool = True) -> int:
         why = storage_failure(e)
         if why is None:
             raise
-        x = cfg.execution
-        print(f"error: the study stopped: {why}; once that is fixed, continue with python -m study.{cfg.kind} "
-              f"--resume --name {x.name} --root {Path(x.root)}", file=sys.stderr)
-        return 1
+        return _stopped_by(cfg, why)
+
+
+def resume_command(cfg: StudyConfig) -> str:
+    x = cfg.execution
+    return f"python -m study.{cfg.kind} --resume --name {x.name} --root {Path(x.root)}"
+
+
+def _stopped_by(cfg: StudyConfig, wall: str) -> int:
+    """A write that cannot succeed: one line naming it and how to continue; exit status 1."""
+    print(f"error: the study stopped: {wall}; once that is fixed, continue with {resume_command(cfg)}", file=sys.stderr)
+    return 1
 
 
 def _run_study(cfg: StudyConfig, search: bool) -> int:
@@ -242,8 +250,8 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
         failure = str(e)
     except KeyboardInterrupt:
         status = "KILLED"
-        print(f"interrupted: the tables hold the trials finished so far; continue with\n"
-              f"  python -m study.{cfg.kind} --resume --name {x.name} --root {Path(x.root)}", file=sys.stderr)
+        print(f"interrupted: the tables hold the trials finished so far; continue with\n  {resume_command(cfg)}",
+              file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - the driver's own write failures; the rest re-raised
         if storage_failure(e) is None:
             raise
@@ -259,9 +267,7 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
                 wall = storage_failure(e)
     if wall is not None:
         lock.release()
-        print(f"error: the study stopped: {wall}; once that is fixed, continue with python -m study.{cfg.kind} "
-              f"--resume --name {x.name} --root {Path(x.root)}", file=sys.stderr)
-        return 1
+        return _stopped_by(cfg, wall)
     print(summary)
     from trainables.artifacts import ArtifactStore  # the trials' own lines reach only Ray's logs
     for name in ArtifactStore(ctx.artifact_root).damaged_since(t0):

@@ -18,8 +18,15 @@ N = 4
 REGIMES = ("winning_ticket", "random_reinit")
 
 
-def _kill_ray_of(ray_tmp: str) -> None:
-    """Processes the killed driver's Ray runtime left (the test must not leave them)."""
+def _kill_driver(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL the study process only, then what its Ray runtime left (the test must not leave them)."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # its local Ray runtime may linger a moment (a stale worker may even write)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     for pid in subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split():
         subprocess.run(["kill", "-9", pid], capture_output=True)
 
@@ -43,14 +50,7 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     assert second.returncode == 2 and second.stdout == "", second.stdout[-2000:] + second.stderr[-2000:]
     assert len(second.stderr.strip().splitlines()) == 1 and time.time() - t0 < 30
     assert "in use by another driver" in second.stderr and f"process {proc.pid}, since " in second.stderr
-    os.kill(proc.pid, signal.SIGKILL)  # the study process only
-    proc.wait()
-    time.sleep(3)  # its local Ray runtime may linger a moment (a stale worker may even write)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _kill_ray_of(ray_env["RAY_TMPDIR"])
+    _kill_driver(proc, ray_env["RAY_TMPDIR"])
     before = len(list(records.glob("*.json")))
     assert 3 <= before < N * len(REGIMES)
 
@@ -129,14 +129,7 @@ def test_a_study_killed_in_the_confirmations_second_look_resumes_there(tmp_path,
     while time.time() < deadline and not in_second_look():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(3)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _kill_ray_of(ray_env["RAY_TMPDIR"])
+    _kill_driver(proc, ray_env["RAY_TMPDIR"])
     assert not (root / "looks" / "summary.txt").exists()  # it stopped mid-way
 
     r = run_cli(["--resume", "--root", str(root), "--name", "looks", "--num-cpus", "2"], ray_env)

@@ -238,3 +238,8 @@ def test_a_damaged_artifact_is_moved_aside_and_computed_again(tmp_path, capsys, 
     assert store.find("init", {"seed": 3}) is not None  # the rebuilt one passes
     assert store.damaged_since(time.time() - 60) == [aside[0].name]  # what the driver names at the end
     assert store.damaged_since(time.time() + 5) == []
+    found = store.find("init", {"seed": 3})
+    tensors.write_bytes(b"")  # damaged after the lookup: the bytes checked then are the ones loaded
+    assert torch.equal(found.tensors()["w"], torch.arange(1000.0))
+    with pytest.raises(DamagedArtifact):
+        found.tensors()  # a second load reads the file again, and checks it

@@ -23,7 +23,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,6 +49,9 @@ class Artifact:
     meta: dict[str, Any]
     computed: bool  # True when this call computed it, False when it was found in the store
     storage: Storage
+    # files the store read and checked when it found the artifact, kept for their first load so that
+    # it neither reads nor hashes them again (only files up to KEEP_VERIFIED bytes: held until loaded)
+    verified: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -60,9 +63,12 @@ class Artifact:
         return Path(self.location)
 
     def tensors(self, file: str = "tensors.pt") -> dict[str, torch.Tensor]:
-        """The tensors of ``file``, checked against the digest written with them: a file damaged
-        since the store found it raises ``DamagedArtifact`` (the trial fails, and its retry finds
+        """The tensors of ``file``: the bytes the store checked when it found the artifact, or (a
+        file loaded again, or a large one) read now and checked against the digest written with
+        them: a file damaged since raises ``DamagedArtifact`` (the trial fails, and its retry finds
         the artifact damaged and rebuilds it) rather than train from it."""
+        if file in self.verified:
+            return torch.load(io.BytesIO(self.verified.pop(file)), map_location="cpu", weights_only=True)
         want = self.meta.get("digests", {}).get(file)
         try:
             data = self.storage.read_bytes(Storage(self.location).join(file))
@@ -75,6 +81,7 @@ class Artifact:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+KEEP_VERIFIED = 16 * 2 ** 20  # bytes: a found artifact's checked file up to this size is kept for its load
 DAMAGED_TIME = "%Y%m%dT%H%M%S"  # when an artifact was moved aside (UTC), in its folder's name
 
 
@@ -111,15 +118,19 @@ class ArtifactStore:
         meta_file = self.storage.join(name, "meta.json")
         if not self.storage.exists(meta_file):
             return None
+        verified = {}
         try:
             meta = json.loads(self.storage.read_text(meta_file))
             for file, want in meta.get("digests", {}).items():
-                if _digest(self.storage.read_bytes(self.storage.join(name, file))) != want:
+                data = self.storage.read_bytes(self.storage.join(name, file))
+                if _digest(data) != want:
                     raise DamagedArtifact(f"{file} does not match its digest")
+                if file.endswith(".pt") and len(data) <= KEEP_VERIFIED:
+                    verified[file] = data
         except (OSError, ValueError, DamagedArtifact) as e:
             self._move_aside(name, f"{type(e).__name__}: {e}".splitlines()[0])
             return None
-        return Artifact(kind, h, location, meta, False, self.storage)
+        return Artifact(kind, h, location, meta, False, self.storage, verified)
 
     def damaged_since(self, t0: float) -> list[str]:
         """The artifacts moved aside as damaged since ``t0`` (epoch seconds): their folders' names,
