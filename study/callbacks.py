@@ -6,8 +6,8 @@ status, MLflow run id and Optuna trial number.
 """
 from __future__ import annotations
 
-import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,10 +17,12 @@ from ray import tune
 
 from analysis.tables import TableWriter, load_records
 from study.config import optuna_study_name
+from study.runtime import DRIVER_LOG as LOG_NAME
 from study.tracking import MlflowTracker
 from trainables.artifacts import spec_hash
-from trainables.storage import Storage, atomic_path
+from trainables.storage import Storage, WriteFailure, atomic_path, storage_failure
 from trainables.records import TrialRecord, TrialSpec
+from trainables.records import DamagedRecord, aside_name, record_text
 from trainables.trainable import TRIAL_RECORDS, read_records
 
 
@@ -33,17 +35,44 @@ class DeterministicFailure(Exception):
 FAILURES_TO_STOP = 2
 
 
-def error_line(trial) -> str:
-    """The last line of a failed trial's latest error: Tune appends each failure to error.txt, in the
-    driver's staging folder first (``error_file``), synced to the trial's storage folder later."""
+def error_text(trial) -> str:
+    """A failed trial's latest error: Tune appends each failure to error.txt (``Failure # k ...``
+    blocks), in the driver's staging folder first (``error_file``), synced to the trial's storage
+    folder later."""
     for where in (getattr(trial, "error_file", None), getattr(trial, "path", None) and Path(trial.path, "error.txt")):
         try:
-            lines = [ln.strip() for ln in Path(where).read_text().splitlines() if ln.strip()] if where else []
+            text = Path(where).read_text() if where else ""
         except OSError:
             continue
-        if lines:
-            return lines[-1]
+        if text.strip():
+            return re.split(r"^Failure # \d+.*$", text, flags=re.M)[-1].strip()
     return "trial failed"
+
+
+# Ray's words (ray.exceptions.ActorDiedError and the GCS's reasons) for a trial whose process is gone
+ACTOR_DIED = ("The actor died unexpectedly", "The actor is dead", "The actor died because")
+NODE_DIED = "because its node has died"
+
+
+def lost_process(text: str) -> bool:
+    """The trial's process or node was lost (not an error of the trial's own code)."""
+    return any(s in text for s in ACTOR_DIED)
+
+
+def failure_line(text: str) -> str:
+    """One line for a failed attempt: a lost node or a dead worker process named as such (with the
+    node's address), otherwise the error's last line."""
+    ip = re.search(r"^\s*ip: (\S+)", text, flags=re.M)
+    pid = re.search(r"^\s*pid: (\d+)", text, flags=re.M)
+    at = f" {ip.group(1)}" if ip else ""
+    if NODE_DIED in text:
+        return f"lost node{at}: the trial's node died (its worker with it)"
+    if lost_process(text):
+        return (f"the trial's worker process{' ' + pid.group(1) if pid else ''}{' on' + at if at else ''} died "
+                f"(killed, or out of memory)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = lines[-1] if lines else "trial failed"
+    return last if len(last) <= 200 else last[:197] + "..."
 
 
 class StopOnDeterministicFailure(tune.Stopper):
@@ -84,7 +113,16 @@ class Progress:
         print(f"[{time.time() - self.t0:6.0f}s] {regime} {len(self.finished.get(regime, ()))}/{self.totals.get(regime, 0)} "
               f"done, {running} running ...", file=self.out, flush=True)
 
-    def finish(self, record: TrialRecord) -> None:
+    def where(self, spec: TrialSpec) -> str:
+        return f"lr {spec.lr:.3g}" + (f" {spec.condition}" if spec.condition else "") + f" seed {spec.seed}"
+
+    def retry(self, spec: TrialSpec, attempt: int, attempts: int, line: str) -> None:
+        """A failed attempt that Tune retries from the trial's last checkpoint: one line."""
+        self.last_line = time.time()
+        print(f"[{time.time() - self.t0:6.0f}s] {spec.group} | {self.where(spec)}: attempt {attempt} of {attempts} "
+              f"failed, retrying: {line} (trace: {LOG_NAME})", file=self.out, flush=True)
+
+    def finish(self, record: TrialRecord, note: str = "") -> None:
         spec, regime = record.spec, record.spec.group
         self.started.setdefault(regime, set()).add(record.trial_id)
         self.finished.setdefault(regime, set()).add(record.trial_id)
@@ -96,7 +134,7 @@ class Progress:
         running = len(self.started[regime] - self.finished[regime])
         pending = max(0, self.totals.get(regime, 0) - len(self.started[regime]))
         if not record.completed:
-            what = f"ERROR {(record.error or '')[:80]}"
+            what = f"ERROR{' (' + note + ')' if note else ''}: {record.error or ''} (trace: {LOG_NAME})"
         else:
             what = (f"val {record.val_acc:.4f} test {record.test_acc:.4f} "
                     f"sparsity {record.achieved_sparsity or 0:.3f}"
@@ -155,11 +193,26 @@ class StudyCallback(tune.Callback):
         between); returns how many.  Keyed by trial id, so nothing is counted twice."""
         done = 0
         for name in self.shared.list_names(self.shared.join(TRIAL_RECORDS), ".json"):
-            for record in read_records(self.shared.read_text(self.shared.join(TRIAL_RECORDS, name))):
+            if name.startswith("."):  # a record still being written (atomic_path)
+                continue
+            for record in self._read_shared(name) or ():
                 if record.trial_id not in self.records:
                     self.finalise(record)
                     done += 1
         return done
+
+    def _read_shared(self, name: str) -> list[TrialRecord] | None:
+        """A trial's record file; None when it is damaged (``DamagedRecord``): moved aside to
+        ``trial-records/damaged/`` (kept for inspection) and named in one line."""
+        where = self.shared.join(TRIAL_RECORDS, name)
+        try:
+            return read_records(self.shared.read_bytes(where))
+        except DamagedRecord as e:
+            aside = aside_name(name)
+            self.shared.move(where, self.shared.join(TRIAL_RECORDS, "damaged", aside))
+            print(f"the record file of trial {name.removesuffix('.json')} was damaged ({e}): moved to "
+                  f"{TRIAL_RECORDS}/damaged/{aside}", file=self.progress.out, flush=True)
+            return None
 
     def on_step_end(self, iteration, trials, **info) -> None:
         running = [t for t in trials if t.status == "RUNNING"]
@@ -179,7 +232,7 @@ class StudyCallback(tune.Callback):
             self.progress.start(spec.group, rid)
             self._run_id(rid, one)
 
-    def finalise(self, record: TrialRecord) -> TrialRecord:
+    def finalise(self, record: TrialRecord, note: str = "") -> TrialRecord:
         """Enrich the record, close its MLflow run, then write the driver's copy (the source of the
         Parquet tables): a record on disk means its run is closed too, so an interrupted driver
         redoes at most the MLflow step."""
@@ -192,10 +245,10 @@ class StudyCallback(tune.Callback):
         else:
             self.tracker.fail_child(record.mlflow_run_id, record.error or "")
         with atomic_path(self.study_dir / "records" / f"{record.trial_id}.json") as tmp:
-            tmp.write_text(json.dumps(record.to_json()))
+            tmp.write_text(record_text(record))
         self.records[record.trial_id] = record
         self.tables.add(record)
-        self.progress.finish(record)
+        self.progress.finish(record, note)
         return record
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -203,26 +256,39 @@ class StudyCallback(tune.Callback):
         if not self.shared.exists(written):  # ended without a record: count it as an error, never silently
             return self._error(trial, "stopped with the study" if self.failure else
                                "trial ended without writing its record")
-        for record in read_records(self.shared.read_text(written)):
+        records = self._read_shared(f"{trial.trial_id}.json")
+        if records is None:
+            return self._error(trial, "its record file was damaged")
+        for record in records:
             if record.trial_id in self.records and self.records[record.trial_id].completed:
                 continue  # finished before an interruption, then re-run from a checkpoint: counted once
             self.finalise(record)
 
-    def _error(self, trial, message: str) -> None:
-        self.record_error(TrialSpec.from_config(trial.config), trial.trial_id, message)
+    def _error(self, trial, message: str, note: str = "") -> None:
+        self.record_error(TrialSpec.from_config(trial.config), trial.trial_id, message, note)
 
-    def record_error(self, spec: TrialSpec, trial_id: str, message: str) -> None:
+    def record_error(self, spec: TrialSpec, trial_id: str, message: str, note: str = "") -> None:
         """An error record for each of the trial's seeds."""
         for rid, one in zip(spec.record_ids(trial_id), spec.per_seed()):
             if rid in self.records and self.records[rid].status == "error":
                 continue  # recorded when the study stopped
             self.finalise(TrialRecord(self.study, rid, one, self.settings, status="error", error=message,
-                                      finished_at=time.time()))
+                                      finished_at=time.time()), note)
 
     def _note_failure(self, trial) -> str:
-        """Remember the trial's error; when the first FAILURES_TO_STOP trials of its group failed
-        with the same one and none completed, the study stops (retrying the rest is pointless)."""
-        group, line = TrialSpec.from_config(trial.config).group, error_line(trial)
+        """The failed attempt's line.  A write that cannot succeed (a full disk, a read-only folder)
+        stops the study at once (``WriteFailure``; no error record, no retry into the same wall:
+        ``--resume`` runs the trial again once the cause is fixed).  Otherwise the error is
+        remembered: when the first FAILURES_TO_STOP trials of its group failed with the same one
+        (not a lost process or node) and none completed, the study stops (retrying the rest is
+        pointless)."""
+        text = error_text(trial)
+        wall = storage_failure(text)
+        if wall is not None:
+            raise WriteFailure(wall)
+        group, line = TrialSpec.from_config(trial.config).group, failure_line(text)
+        if lost_process(text):
+            return line
         seen = self.failures.setdefault(group, {})
         seen[trial.trial_id] = (trial, line)
         completed = any(r.spec.group == group and r.completed for r in self.records.values())
@@ -233,8 +299,17 @@ class StudyCallback(tune.Callback):
                 self._error(failed, why)
         return line
 
+    @staticmethod
+    def _attempts(trial) -> tuple[int, int]:
+        """(this attempt, attempts in all): Tune counts the failure before calling back."""
+        failures = getattr(getattr(trial, "run_metadata", None), "num_failures", 0) or 1
+        return failures, max(failures, int(getattr(trial, "max_failures", 0) or 0) + 1)
+
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self._note_failure(trial)  # a failure Tune retries from the last checkpoint
+        line = self._note_failure(trial)  # a failure Tune retries from the last checkpoint
+        self.progress.retry(TrialSpec.from_config(trial.config), *self._attempts(trial), line)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._error(trial, self._note_failure(trial))
+        line = self._note_failure(trial)
+        attempt, attempts = self._attempts(trial)
+        self._error(trial, line, f"attempt {attempt} of {attempts}, none left")

@@ -189,15 +189,17 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
 
     import ray
 
-    from study.runtime import start_ray
+    from study.runtime import DRIVER_LOG, ray_output_to, start_ray
     # MLflow's import and its database's schema set-up (about 3 s) run while Ray starts its processes
     with ThreadPoolExecutor(max_workers=1) as pool:
         tracking = pool.submit(open_tracking)
         resources = start_ray(x.address, x.num_cpus)
+        ray_logs = ray_output_to(study_dir / DRIVER_LOG)  # the screen gets one line per failed trial
         try:
             tracker = tracking.result()
         except BaseException:
             ray.shutdown()
+            ray_logs()
             raise
     print(f"MLflow: {uri} (experiment {x.name})", flush=True)
 
@@ -258,6 +260,7 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
         wall = storage_failure(e)
     finally:
         ray.shutdown()
+        ray_logs()
         if wall is None:  # with a full disk the finalisation would only run into it again
             try:
                 summary, report = _finalise(cfg, tracker, status, t0)
@@ -273,7 +276,9 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
     for name in ArtifactStore(ctx.artifact_root).damaged_since(t0):
         print(f"artifact {name.rsplit('-', 2)[0]} was found damaged and computed again (kept in "
               f"artifacts/damaged/{name})")
+    log = study_dir / DRIVER_LOG
     print(f"\nResults: {study_dir / 'results'}  |  report: {report['html']}"
+          + (f"  |  Ray's log: {log}" if log.exists() and log.stat().st_size else "")
           + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
              f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"
              if not x.mlflow_uri else f"\nMLflow: {uri} (experiment {x.name})"))

@@ -41,6 +41,46 @@ def quiet_logs() -> None:
         pass
 
 
+# Where a study's driver keeps what Ray and Ray Tune log (failed trials' tracebacks among it), below
+# the study folder: the screen gets one line per failure (study.callbacks)
+DRIVER_LOG = "logs/driver.log"
+
+
+def ray_output_to(path: Path):
+    """Send Ray's and Ray Tune's log records (the ``ray`` logger: Tune's "Trial task failed" blocks
+    with their tracebacks, its interrupt and snapshot warnings) and the raylet's error messages ("A
+    worker died or was killed ...", printed even with log_to_driver=False) to ``path``, appended,
+    instead of the screen; returns the function that puts them back.  Call it after ``ray.init``,
+    which sets up the ``ray`` logger's own handler."""
+    import logging
+
+    import ray._private.worker as ray_worker
+    path.parent.mkdir(parents=True, exist_ok=True)
+    class LogFile(logging.FileHandler):
+        def handleError(self, record) -> None:
+            pass  # a full disk: the log is best effort, the study says what stopped it
+
+    handler = LogFile(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("ray")
+    handlers, printer = log.handlers[:], ray_worker.print_to_stdstream
+
+    def to_log(data, ignore_prefix=False) -> None:
+        # Ray has no setting for where the driver prints the errors the raylet publishes: its
+        # listener thread calls this module function, so the function is swapped for the study's life
+        for line in data.get("lines", ()):
+            log.warning("(%s) %s", data.get("pid"), line)
+
+    log.handlers = [handler]
+    ray_worker.print_to_stdstream = to_log
+
+    def restore() -> None:
+        log.handlers = handlers
+        ray_worker.print_to_stdstream = printer
+        handler.close()
+    return restore
+
+
 def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> dict[str, float]:
     """Join ``address`` or start a local runtime; return the cluster's resources."""
     quiet_ray_env()

@@ -22,7 +22,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from study.config import StudyConfig, optuna_study_name
-from trainables.records import TrialRecord, TrialSpec
+from trainables.records import DamagedRecord, TrialRecord, TrialSpec
 from trainables.trainable import TRIAL_RECORDS, read_records
 
 
@@ -148,7 +148,10 @@ class StudySearch(Searcher):
     def _records_of(self, trial_id: str) -> list[TrialRecord]:
         shared = self.callback.shared
         written = shared.join(TRIAL_RECORDS, f"{trial_id}.json")
-        return read_records(shared.read_text(written)) if shared.exists(written) else []
+        try:
+            return read_records(shared.read_bytes(written)) if shared.exists(written) else []
+        except DamagedRecord:  # no value (Optuna is told FAIL); the callback sets the file aside and says so
+            return []
 
     def _end_batch_if_done(self, regime: str) -> None:
         st = self.state[regime]

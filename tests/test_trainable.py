@@ -36,7 +36,9 @@ def test_reports_every_epoch_with_a_checkpoint_and_writes_the_record(ctx, tmp_pa
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
     assert [c for _, c in reports] == [True, True, False]  # the finished trial needs no checkpoint
     assert reports[-1][0]["done"] and reports[-1][0]["val_acc"] == rec.val_acc
-    on_disk = json.loads((tmp_path / "study" / "trial-records" / "t1.json").read_text())["records"][0]
+    written = json.loads((tmp_path / "study" / "trial-records" / "t1.json").read_text())
+    assert len(written["sha256"]) == 64  # checked when read (tests/test_damaged.py)
+    on_disk = written["records"][0]
     assert on_disk["val_acc"] == rec.val_acc and len(on_disk["history"]) == 3
     assert [p["name"] for p in on_disk["stages"]] == ["pretrain", "imp_round_1"]
     assert on_disk["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
@@ -55,6 +57,7 @@ def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
             raise KeyboardInterrupt  # the trial dies after its first checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_trial(config, ctx, "again", interrupted)
+    assert sorted(p.name for p in saved.iterdir()) == ["trial.pt", "trial.pt.sha256.json"]  # its digest beside it
     epochs = []
     rec, = run_trial(config, ctx, "again", lambda m, c: epochs.append(m["epoch"]), str(saved))
     assert epochs == [2, 3] and rec.resumed_from_epoch == 1

@@ -2,7 +2,10 @@
 
 The trainable writes a ``TrialRecord`` as JSON; the driver adds its status, MLflow run, Optuna trial
 and hashes, and turns it into an MLflow child run and Parquet rows.  The JSON, the MLflow params
-and metrics and the trials table's columns all come from these fields:
+and metrics and the trials table's columns all come from these fields.  Every record file carries the
+sha256 of its records' canonical JSON (``records_text``, ``record_text``); ``parse_records`` refuses a
+file that does not match it, or is not JSON or not a record, with ``DamagedRecord`` (a file without a
+digest, written before digests, is trusted):
 
 - a *phase* is where a trial belongs in the study: ``search`` or ``confirm``;
 - a *stage* is a training run inside a trial: ``pretrain``, ``imp_round_<r>``, ``final``;
@@ -13,7 +16,11 @@ Nothing heavy is imported here.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import time
+import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -199,3 +206,86 @@ class TrialRecord:
                     out[f.metadata["metric"] or f.name] = float(v)
         out.update({k: float(v) for k, v in dataclasses.asdict(self.efficiency).items() if v is not None})
         return out
+
+
+# -- record files ---------------------------------------------------------------------------------
+
+DAMAGED_TIME = "%Y%m%dT%H%M%S"  # when a damaged record file was moved aside (UTC), in its new name
+
+
+class DamagedRecord(ValueError):
+    """A record file is not what was written: not JSON (truncated), not a record, or its records do
+    not match their sha256."""
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def records_digest(data: Any) -> str:
+    """The sha256 of records' JSON (a record's ``to_json``, or a list of them), in canonical form:
+    the same for the data written and the data read back, whatever the file's layout."""
+    return hashlib.sha256(_canonical(data).encode()).hexdigest()
+
+
+def _as_read(data: Any) -> Any:
+    """``data`` as a reader of its JSON gets it (what the digest is taken of on both sides)."""
+    return json.loads(_canonical(data))
+
+
+def records_text(records: list[TrialRecord]) -> str:
+    """A trial's records, as the trial writes them to shared storage: ``{"records": [...], "sha256": ...}``."""
+    data = _as_read([r.to_json() for r in records])
+    return json.dumps({"records": data, "sha256": records_digest(data)})
+
+
+def record_text(record: TrialRecord) -> str:
+    """One record, as the driver keeps it (``records/<trial_id>.json``): the record's JSON, as
+    before, with its ``sha256`` beside its fields (readers of the fields are unaffected)."""
+    data = _as_read(record.to_json())
+    return json.dumps({**data, "sha256": records_digest(data)})
+
+
+def parse_records(text: str | bytes) -> list[TrialRecord]:
+    """The records of a record file in any of its forms: ``{"records": [...], "sha256": ...}`` (a
+    trial's), one record's fields with its ``sha256`` (the driver's copy), or either without the
+    digest (written before digests: trusted).  A text that is not UTF-8 or JSON (a truncated file),
+    not records, or whose records do not match its digest raises ``DamagedRecord`` (one line: why)."""
+    try:
+        obj = json.loads(text.decode() if isinstance(text, (bytes, bytearray)) else text)
+    except UnicodeDecodeError as e:
+        raise DamagedRecord("not UTF-8 text") from e
+    except ValueError as e:  # json.JSONDecodeError: a truncated or garbled file
+        raise DamagedRecord(f"not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise DamagedRecord(f"not a record file: a JSON {type(obj).__name__}")
+    obj = dict(obj)
+    want = obj.pop("sha256", None)
+    if "records" in obj:
+        if set(obj) != {"records"} or not isinstance(obj["records"], list):
+            raise DamagedRecord(f"not a record file: keys {sorted(obj)}")
+        data, many = obj["records"], True
+    else:
+        data, many = obj, False  # one record's fields (the driver's copy)
+    if want is not None and records_digest(data) != want:
+        raise DamagedRecord("sha256 mismatch")
+    try:
+        return [TrialRecord.from_json(d) for d in (data if many else [data])]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DamagedRecord(f"not a trial record ({type(e).__name__}: {e})".splitlines()[0]) from e
+
+
+def parse_record(text: str | bytes) -> TrialRecord:
+    """The one record of a driver's copy (``record_text``; see ``parse_records``)."""
+    records = parse_records(text)
+    if len(records) != 1:
+        raise DamagedRecord(f"{len(records)} records where one was written")
+    return records[0]
+
+
+def aside_name(name: str) -> str:
+    """Where a damaged record file ``<stem>.json`` is kept, in a ``damaged/`` folder beside it:
+    ``<stem>-<UTC time>-<id>.json`` (never overwriting an earlier one)."""
+    stem, dot, suffix = name.rpartition(".")
+    stem, suffix = (stem, f".{suffix}") if dot else (name, "")
+    return f"{stem}-{time.strftime(DAMAGED_TIME, time.gmtime())}-{uuid.uuid4().hex[:6]}{suffix}"

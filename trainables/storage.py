@@ -133,12 +133,19 @@ STORAGE_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only fi
                  "database or disk is full")
 
 
+class WriteFailure(Exception):
+    """A write that cannot succeed, met by a trial: raised in the driver to stop the study at once
+    (its message is ``storage_failure``'s line)."""
+
+
 def storage_failure(exc: BaseException | str | None) -> str | None:
     """``cannot write <path>: <why>`` when ``exc`` (an exception, its causes, or an error's text,
     e.g. a failed trial's last line) is such a write failure; None otherwise."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, WriteFailure):
+            return str(exc)
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
             return f"cannot write{f' {exc.filename}' if exc.filename else ''}: {exc.strerror or os.strerror(exc.errno)}"
         text = exc if isinstance(exc, str) else str(exc)

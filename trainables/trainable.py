@@ -3,12 +3,16 @@
 A trial (``TrialSpec``: regime, LR, seed, phase, IMP round) obtains its start point from its regime
 (shared artifacts: theta_0, pretraining, IMP masks or the pruned network), then trains the sparse
 network, reporting every epoch with ``ray.tune.report`` and a checkpoint so that an interrupted trial
-resumes at its last epoch.  Before its last report it writes its ``TrialRecord`` (JSON, atomically)
-that the driver turns into an MLflow run and Parquet rows.
+resumes at its last epoch.  A checkpoint's sha256 is written beside it and checked when it is read: a
+damaged one (a changed, truncated or unreadable file, or no digest) is named in one line and the trial
+starts from its stored stages instead.  Before its last report the trial writes its ``TrialRecord``
+(JSON with its sha256, atomically) that the driver turns into an MLflow run and Parquet rows.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import io
 import json
 import math
 import os
@@ -23,13 +27,16 @@ import torch
 from trainables.artifacts import ArtifactStore
 from trainables.config import PipelineConfig
 from trainables.pipeline import Pipeline
-from trainables.records import Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec
+from trainables.records import (Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec, parse_records,
+                                records_text)
 from trainables.regimes import get_regime
 from trainables.stacked import StackedTrainer, stacks
 from trainables.storage import Storage
 from trainables.training import Trainer, TrainState
 
 CHECKPOINT_FILE = "trial.pt"
+# beside it, written after it: {"file": "trial.pt", "bytes": <its size>, "sha256": <its digest>}
+CHECKPOINT_DIGEST = "trial.pt.sha256.json"
 TRIAL_RECORDS = "trial-records"
 # Every checkpoint costs Ray Tune a forced experiment snapshot on the driver (with num_to_keep set):
 # about 1 s per 20-epoch MNIST-1D trial when taken every epoch.  Checkpoints therefore come every
@@ -70,12 +77,79 @@ def _device(ctx: TrialContext) -> torch.device:
 
 
 def _write_records(ctx: TrialContext, trial_id: str, records: list[TrialRecord]) -> None:
-    """The trial's records, one per seed, in one file (the driver finalises them together)."""
-    ctx.shared.write_text(ctx.record_location(trial_id), json.dumps({"records": [r.to_json() for r in records]}))
+    """The trial's records, one per seed, in one file (the driver finalises them together), with
+    their sha256 (``trainables.records.records_text``)."""
+    ctx.shared.write_text(ctx.record_location(trial_id), records_text(records))
 
 
-def read_records(text: str) -> list[TrialRecord]:
-    return [TrialRecord.from_json(d) for d in json.loads(text)["records"]]
+def read_records(text: str | bytes) -> list[TrialRecord]:
+    """The records of a trial's record file (also a file written before digests); a damaged one (not
+    UTF-8 or JSON, not records, or not matching its sha256) raises ``DamagedRecord``."""
+    return parse_records(text)
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A trial's checkpoint is not what was written (or cannot be shown to be)."""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_checkpoint(folder: str | os.PathLike[str], saved: dict[str, Any]) -> None:
+    """``saved`` into ``folder``: the tensor file, then its digest (so a digest names a whole file)."""
+    buf = io.BytesIO()
+    torch.save(saved, buf)
+    data = buf.getvalue()
+    (Path(folder) / CHECKPOINT_FILE).write_bytes(data)
+    (Path(folder) / CHECKPOINT_DIGEST).write_text(
+        json.dumps({"file": CHECKPOINT_FILE, "bytes": len(data), "sha256": _digest(data)}))
+
+
+def read_checkpoint(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The checkpoint in ``folder``, checked against its digest before it is loaded (``weights_only``);
+    raises ``DamagedCheckpoint`` (why, in a few words) when the file is missing, unreadable, has no
+    digest, is shorter than written (truncated), does not match its sha256, cannot be loaded or is
+    not a trial's checkpoint."""
+    folder = Path(folder)
+    try:
+        data = (folder / CHECKPOINT_FILE).read_bytes()
+    except FileNotFoundError as e:
+        raise DamagedCheckpoint(f"{CHECKPOINT_FILE} is missing") from e
+    except OSError as e:
+        raise DamagedCheckpoint(f"{CHECKPOINT_FILE} cannot be read: {e.strerror or type(e).__name__}") from e
+    try:
+        digest = json.loads((folder / CHECKPOINT_DIGEST).read_text())
+        want, size = digest["sha256"], int(digest["bytes"])
+    except FileNotFoundError as e:
+        raise DamagedCheckpoint("no digest") from e
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedCheckpoint(f"its digest cannot be read ({type(e).__name__})") from e
+    if len(data) < size:
+        raise DamagedCheckpoint(f"truncated: {len(data)} of {size} bytes")
+    if len(data) != size or _digest(data) != want:
+        raise DamagedCheckpoint("sha256 mismatch")
+    try:
+        saved = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- whatever the unpickler says, it is not a checkpoint to train from
+        raise DamagedCheckpoint(f"cannot be loaded: {type(e).__name__}") from e
+    if not isinstance(saved, dict) or not {"state", "history", "record"} <= set(saved):
+        raise DamagedCheckpoint("not a trial checkpoint")
+    return saved
+
+
+def _resume_point(checkpoint_dir: str | None, device: torch.device, trial_id: str) -> dict[str, Any] | None:
+    """The trial's checkpoint, or None: none given, or a damaged one (named in one line, on stdout:
+    the trial's log; the folder is Tune's and is left as it is), so that the trial starts from its
+    stored stages and trains again."""
+    if checkpoint_dir is None:
+        return None
+    try:
+        return read_checkpoint(checkpoint_dir, device)
+    except DamagedCheckpoint as e:
+        print(f"checkpoint of trial {trial_id} is damaged ({e}): starting the trial from its stored stages",
+              flush=True)
+        return None
 
 
 def _metrics(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -148,7 +222,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
         return model
 
     results, resumed = _train(ctx, store, pipe, network, starts, trains, keys, ids, ready, report, checkpoint_dir,
-                              scratch)
+                              scratch, trial_id)
     finished = time.time()
     for i, rec in enumerate(records):
         if i not in results:  # diverged before the sparse network existed: reported as it is
@@ -175,12 +249,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
 
 def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, starts, trains, keys, ids,
            ready: list[int], report, checkpoint_dir: str | None,
-           scratch: str | None) -> tuple[dict[int, Any], dict[int, int]]:
+           scratch: str | None, trial_id: str = "") -> tuple[dict[int, Any], dict[int, int]]:
     """The trial's trainings (of the seeds ``ready``: with a start point): each seed's ``result``
     artifact found, or trained.  Several seeds train as one stacked network where they can and it
     pays (``trainables.stacked.stacks``; reporting the mean every epoch, no checkpoints), else one
     after another, each checkpointed and stored when done, so an interrupted trial resumes at the
-    seed it was training.  Returns ({seed index: result}, {seed index: the epoch it resumed from})."""
+    seed it was training (its checkpoint checked first: a damaged one is not trained from, see
+    ``_resume_point``).  Returns ({seed index: result}, {seed index: the epoch it resumed from})."""
     results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
     todo = [i for i in ready if i not in results]
     models = {i: network(i) for i in todo}
@@ -192,8 +267,7 @@ def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, sta
             results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
                 "history": h, "trial_id": rid})
         return results, {}
-    saved = (torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location=pipe.device, weights_only=True)
-             if checkpoint_dir is not None else None)
+    saved = _resume_point(checkpoint_dir, pipe.device, trial_id or ids[0]) if todo else None
     resumed: dict[int, int] = {}
     for i in todo:
         mine = saved if saved is not None and saved.get("record") == ids[i] else None  # the seed it was training
@@ -231,8 +305,7 @@ def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, model,
             elif report:
                 last_checkpoint = time.monotonic()
                 with tempfile.TemporaryDirectory(prefix="ckpt-", dir=scratch) as ckpt:
-                    torch.save({"state": asdict(trainer.state()), "history": history, "record": rid},
-                               Path(ckpt) / CHECKPOINT_FILE)
+                    write_checkpoint(ckpt, {"state": asdict(trainer.state()), "history": history, "record": rid})
                     report(_metrics(rec, done=False), ckpt)
     result = store.get_or_create("result", key, compute)
     return result, (resumed[0] if resumed else None)
