@@ -49,26 +49,32 @@ def error_text(trial) -> str:
     return "trial failed"
 
 
-# Ray's words (ray.exceptions.ActorDiedError and the GCS's reasons) for a trial whose process is gone
+# Ray's words for a trial whose process is gone (ray.exceptions.ActorDiedError and the GCS's reasons)
+# or cannot be reached (ActorUnavailableError: its node or process stopped answering)
 ACTOR_DIED = ("The actor died unexpectedly", "The actor is dead", "The actor died because")
+ACTOR_UNAVAILABLE = "The actor is temporarily unavailable"
 NODE_DIED = "because its node has died"
 
 
 def lost_process(text: str) -> bool:
     """The trial's process or node was lost (not an error of the trial's own code)."""
-    return any(s in text for s in ACTOR_DIED)
+    return ACTOR_UNAVAILABLE in text or any(s in text for s in ACTOR_DIED)
 
 
-def failure_line(text: str) -> str:
-    """One line for a failed attempt: a lost node or a dead worker process named as such (with the
-    node's address), otherwise the error's last line."""
+def failure_line(text: str, node: str | None = None) -> str:
+    """One line for a failed attempt: a lost node, a dead worker process or one that stopped
+    answering named as such, with the node's address (from Ray's error, else ``node``: where the
+    trial last reported from); otherwise the error's last line."""
     ip = re.search(r"^\s*ip: (\S+)", text, flags=re.M)
     pid = re.search(r"^\s*pid: (\d+)", text, flags=re.M)
-    at = f" {ip.group(1)}" if ip else ""
+    at = ip.group(1) if ip else node
     if NODE_DIED in text:
-        return f"lost node{at}: the trial's node died (its worker with it)"
+        return f"lost node {at or '(address unknown)'}: the trial's node died (its worker with it)"
+    if ACTOR_UNAVAILABLE in text:
+        return (f"lost contact with the trial's worker{' on node ' + at if at else ''} "
+                f"(its node or its process stopped answering)")
     if lost_process(text):
-        return (f"the trial's worker process{' ' + pid.group(1) if pid else ''}{' on' + at if at else ''} died "
+        return (f"the trial's worker process{' ' + pid.group(1) if pid else ''}{' on ' + at if at else ''} died "
                 f"(killed, or out of memory)")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else "trial failed"
@@ -286,7 +292,8 @@ class StudyCallback(tune.Callback):
         wall = storage_failure(text)
         if wall is not None:
             raise WriteFailure(wall)
-        group, line = TrialSpec.from_config(trial.config).group, failure_line(text)
+        node = (getattr(trial, "last_result", None) or {}).get("node_ip")
+        group, line = TrialSpec.from_config(trial.config).group, failure_line(text, node)
         if lost_process(text):
             return line
         seen = self.failures.setdefault(group, {})

@@ -238,11 +238,14 @@ class StudyConfig(Settings):
 
     @property
     def shared_root(self) -> str:
-        """Where trials share artifacts, records and Tune state: <storage>/<name>, or the study folder."""
+        """Where trials share artifacts, records and Tune state: <storage>/<name> (in a URI, the name
+        goes into the path, before a query string of the store's options:
+        ``s3://bucket/studies?endpoint_override=host:9000&scheme=http``), or the study folder."""
         x = self.execution
         if not x.storage:
             return str(self.study_dir)
-        return f"{x.storage.rstrip('/')}/{x.name}" if "://" in x.storage else str(Path(x.storage) / str(x.name))
+        from trainables.storage import Storage
+        return Storage(x.storage).join(str(x.name))
 
     def results_settings(self) -> dict[str, Any]:
         """Every setting that changes the study's results: all but where it runs and is stored."""

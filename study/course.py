@@ -141,24 +141,65 @@ def _stopped_by(cfg: StudyConfig, wall: str) -> int:
     return 1
 
 
+class _Held:
+    """What a driver holds on its study: the lock on its folder, and the lease on its shared storage
+    where that is elsewhere (``study.lock``)."""
+
+    def __init__(self, lock, lease):
+        self.lock, self.lease = lock, lease
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+        self.lock.release()
+
+
+def _hold_study(cfg: StudyConfig, new: bool) -> _Held | None:
+    """Hold the study for the driver's whole life, or refuse in one line (None: exit status 2) with
+    nothing written: a new study's folder is made for its lock and removed again if refused."""
+    import shutil
+
+    from study.lock import DriverLock, StudyInUse, StudyLease, describe
+    from trainables.storage import Storage
+    study_dir, lock, lease = cfg.study_dir, None, None
+    try:
+        if new:
+            study_dir.mkdir(parents=True)
+        lock = DriverLock.acquire(study_dir)
+        if cfg.shared_root != str(study_dir):  # other machines' drivers cannot see the folder's lock
+            lease = StudyLease.acquire(Storage(cfg.shared_root), cfg.execution.name)
+    except StudyInUse as e:
+        if lock is not None:
+            lock.release()
+        if new:
+            shutil.rmtree(study_dir, ignore_errors=True)
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    for held, how in ((lock.took_over, "ended without releasing it"),
+                      (lease and lease.took_over, f"stopped renewing its lease {lease and lease.location}")):
+        if held:
+            print(f"taking the study over from {describe(held)}: that driver {how}", flush=True)
+    return _Held(lock, lease)
+
+
 def _run_study(cfg: StudyConfig, search: bool) -> int:
-    x, s = cfg.execution, cfg.search
-    resume = x.resume
     t0 = time.time()
     quiet_ray_env()
     quiet_logs()
-    study_dir = cfg.study_dir
-    from study.lock import DriverLock, StudyInUse, describe
-    try:
-        if not resume and search:
-            study_dir.mkdir(parents=True)
-        lock = DriverLock.acquire(study_dir)  # one driver per study, for the driver's whole life
-    except StudyInUse as e:
-        print(f"error: {e}", file=sys.stderr)
+    held = _hold_study(cfg, new=not cfg.execution.resume and search)
+    if held is None:
         return 2
-    if lock.took_over:
-        print(f"taking the study over from {describe(lock.took_over)}: that driver ended without releasing it",
-              flush=True)
+    try:
+        return _run_held(cfg, search, t0)
+    finally:
+        held.release()
+
+
+def _run_held(cfg: StudyConfig, search: bool, t0: float) -> int:
+    """The study, once this driver holds it."""
+    x, s = cfg.execution, cfg.search
+    resume = x.resume
+    study_dir = cfg.study_dir
     if resume:
         study_hash = json.loads((study_dir / "study.json").read_text())["study_hash"]
         print(f"Study {x.name}: resuming in {study_dir}", flush=True)
@@ -263,13 +304,15 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
         ray_logs()
         if wall is None:  # with a full disk the finalisation would only run into it again
             try:
+                # a driver's record copy found damaged on the way (set aside, its trial not done) is
+                # recorded again from the trial's own copy
+                callback(Progress({})).catch_up()
                 summary, report = _finalise(cfg, tracker, status, t0)
             except Exception as e:  # noqa: BLE001
                 if storage_failure(e) is None:
                     raise
                 wall = storage_failure(e)
     if wall is not None:
-        lock.release()
         return _stopped_by(cfg, wall)
     print(summary)
     from trainables.artifacts import ArtifactStore  # the trials' own lines reach only Ray's logs
@@ -282,7 +325,6 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
           + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
              f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"
              if not x.mlflow_uri else f"\nMLflow: {uri} (experiment {x.name})"))
-    lock.release()
     if failure:
         print(f"error: the study stopped: {failure}", file=sys.stderr)
         return 1

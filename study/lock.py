@@ -7,8 +7,11 @@ holds the holder's host, process id and start time, so that a second driver is r
 line naming them; a file that still names a holder when the lock is free means that holder died
 without releasing it, and the new driver says it takes the study over.
 
-A folder on a network file system may not honour ``flock``; a lease for object storage is not
-built yet (see the README's section on interruptions).
+Where the study's shared files live elsewhere (``--storage``: an object store, or a folder other
+machines mount), drivers on other machines cannot see that lock: the driver also holds a lease there,
+``<storage>/<name>/driver.lease`` (``StudyLease``), naming it and renewed by a heartbeat; a lease not
+renewed for ``LEASE_TTL_S`` (by the store's own clock), or naming a process of this machine that has
+ended, belongs to a driver that is gone and is taken over.
 """
 from __future__ import annotations
 
@@ -16,11 +19,22 @@ import fcntl
 import json
 import os
 import socket
+import sys
+import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 LOCK_FILE = "driver.lock"
+LEASE_FILE = "driver.lease"
+LEASE_TTL_S = 60.0  # a lease not renewed for this long: its driver is gone (stopped, or cut off)
+LEASE_RENEW_S = 10.0
+# between writing a lease and reading it back: a second driver that read "no lease" just before this
+# one wrote has written its own by then, and whichever wrote last holds the study (object stores
+# have no compare-and-swap that pyarrow exposes; two drivers would have to start within this of
+# each other and both take more than it between their read and write to both go on)
+LEASE_SETTLE_S = 1.0
 
 
 class StudyInUse(RuntimeError):
@@ -78,3 +92,87 @@ def describe(holder: dict) -> str:
     when = (datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             if isinstance(since, (int, float)) else "an unknown time")
     return f"host {holder.get('host', '?')}, process {holder.get('pid', '?')}, since {when}"
+
+
+def _holder() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+
+class StudyLease:
+    """The lease a driver holds on the study's shared storage (``acquire``), renewed every
+    ``renew_s`` by a daemon thread until ``release``."""
+
+    def __init__(self, storage, location: str, mine: dict, took_over: dict | None, renew_s: float):
+        self.storage, self.location, self.mine, self.took_over = storage, location, mine, took_over
+        self.lost: dict | None = None  # the driver that took the lease from this one, if one did
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, args=(renew_s,), name="study-lease", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def acquire(cls, storage, name: str, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENEW_S,
+                settle_s: float = LEASE_SETTLE_S) -> "StudyLease":
+        """Take the lease on ``storage`` (a ``trainables.storage.Storage`` at the study's shared
+        root), or raise ``StudyInUse`` naming the driver that renewed it within ``ttl_s``."""
+        location = storage.join(LEASE_FILE)
+        held, age = _read_lease(storage, location)
+        if held and age is not None and age < ttl_s and not _gone(held):
+            raise StudyInUse(f"the study {name} is in use by another driver: {describe(held)} (its lease {location} "
+                             f"was renewed {age:.0f} s ago); wait for it to end, or stop it first")
+        mine = {**_holder(), "token": uuid.uuid4().hex}
+        storage.write_text(location, json.dumps(mine))
+        time.sleep(settle_s)
+        back, _ = _read_lease(storage, location)
+        if back.get("token") != mine["token"]:
+            raise StudyInUse(f"the study {name} is in use by another driver: {describe(back)} (it took the lease "
+                             f"{location} as this one did); wait for it to end, or stop it first")
+        return cls(storage, location, mine, held or None, renew_s)
+
+    def _renew(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                held, _ = _read_lease(self.storage, self.location)
+                if held.get("token") != self.mine["token"]:
+                    self.lost = held
+                    print(f"error: the study's lease {self.location} was taken by {describe(held)} (this driver "
+                          f"did not renew it for {LEASE_TTL_S:.0f} s)", file=sys.stderr, flush=True)
+                    return
+                self.storage.write_text(self.location, json.dumps(self.mine))  # its time is the renewal
+            except OSError:
+                continue  # a store that does not answer now: try again at the next beat
+
+    def release(self) -> None:
+        """Stop renewing, and remove the lease if it is still this driver's."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            held, _ = _read_lease(self.storage, self.location)
+            if held.get("token") == self.mine["token"]:
+                self.storage.delete(self.location)
+        except OSError:
+            pass  # left behind, it expires after LEASE_TTL_S
+
+
+def _gone(holder: dict) -> bool:
+    """A holder on this machine whose process has ended (its lease need not expire first)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def _read_lease(storage, location: str) -> tuple[dict, float | None]:
+    """(the lease's holder, seconds since it was last written by the store's clock); ({}, None)
+    when there is none, and ({}, age) when it is unreadable (a driver that died mid-write)."""
+    if not storage.exists(location):
+        return {}, None
+    try:
+        holder = json.loads(storage.read_text(location))
+    except (OSError, ValueError):
+        holder = {}
+    return (holder if isinstance(holder, dict) else {}), storage.age(location)

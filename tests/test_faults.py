@@ -1,14 +1,16 @@
 """Faults around a running study: a full disk stops it in one line, and --resume completes it once
-space is free.  (A second driver and a damaged artifact: tests/test_resume.py, test_trainable.py.)"""
+space is free; a trial's worker killed is one line on the screen, and the trial is retried.  (A
+second driver: tests/test_resume.py; damaged artifacts, checkpoints and records: test_trainable.py,
+test_damaged.py.)"""
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 import time
-from collections import Counter
+from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from tests.conftest import run_cli
+from tests.conftest import ROOT, assert_each_trial_once, run_cli
 
 
 def test_a_full_disk_stops_the_study_in_one_line_and_resume_completes(tmp_path, ray_env, data_dir):
@@ -42,10 +44,38 @@ def test_a_full_disk_stops_the_study_in_one_line_and_resume_completes(tmp_path, 
         assert grown.returncode == 0, grown.stderr
         r = run_cli(["--resume", "--root", str(small), "--name", "full", "--num-cpus", "2"], ray_env, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        trials = pq.read_table(small / "full" / "results" / "trials.parquet").to_pandas()
-        assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}
-        search = trials[trials.phase == "search"]
-        assert Counter(search["regime"]) == {"winning_ticket": 8, "random_reinit": 8}
-        assert (trials.phase == "confirm").sum() == 2 * 2
+        assert_each_trial_once(small / "full", {"winning_ticket": 8, "random_reinit": 8}, 2 * 2)
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_killed_trial_worker_is_one_line_and_the_trial_is_retried(tmp_path, ray_env, data_dir):
+    """SIGKILL of a running trial's worker process (``ray::ImplicitFunc.train``): one line on the
+    screen names it (attempt 1 of 3, retrying), Ray's and Tune's error blocks go to logs/driver.log,
+    and the study completes with every trial once."""
+    root = tmp_path / "s"
+    args = ["--num-samples", "2", "--regimes", "winning_ticket,random_reinit", "--epochs", "20", "--rounds", "1",
+            "--lr-grid", "2", "--lr-min", "0.03", "--lr-max", "0.3", "--startup-trials", "2", "--checkpoint-every", "1",
+            "--no-confirm", "--root", str(root), "--name", "worker", "--data-dir", data_dir, "--num-cpus", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=ray_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoints = root / "worker" / "ray" / "search"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(checkpoints.glob("*/checkpoint_*")):  # a trial mid-way
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    workers = subprocess.run(["pgrep", "-f", "ImplicitFunc.train"], capture_output=True, text=True).stdout.split()
+    mine = [p for p in workers if ray_env["RAY_TMPDIR"] in Path(f"/proc/{p}/environ").read_text(errors="replace")]
+    assert mine, "no trial worker found"
+    subprocess.run(["kill", "-9", mine[0]], check=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert err == "", err[-3000:]
+    failed = [ln for ln in out.splitlines() if "failed" in ln]
+    assert len(failed) == 1, out[-3000:]
+    assert re.search(rf"attempt 1 of 3 failed, retrying: the trial's worker process {mine[0]} on \S+ died", failed[0])
+    assert failed[0].endswith("(trace: logs/driver.log)")
+    assert "Traceback" not in out and "(raylet)" not in out
+    log = (root / "worker" / "logs" / "driver.log").read_text()
+    assert "Trial task failed" in log and "A worker died or was killed" in log
+    assert_each_trial_once(root / "worker", {"winning_ticket": 2, "random_reinit": 2}, 0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -12,23 +11,10 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, assert_each_trial_once, kill_driver, run_cli
 
 N = 4
 REGIMES = ("winning_ticket", "random_reinit")
-
-
-def _kill_driver(proc: subprocess.Popen, ray_tmp: str) -> None:
-    """SIGKILL the study process only, then what its Ray runtime left (the test must not leave them)."""
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(3)  # its local Ray runtime may linger a moment (a stale worker may even write)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for pid in subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split():
-        subprocess.run(["kill", "-9", pid], capture_output=True)
 
 
 def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir):
@@ -50,7 +36,7 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     assert second.returncode == 2 and second.stdout == "", second.stdout[-2000:] + second.stderr[-2000:]
     assert len(second.stderr.strip().splitlines()) == 1 and time.time() - t0 < 30
     assert "in use by another driver" in second.stderr and f"process {proc.pid}, since " in second.stderr
-    _kill_driver(proc, ray_env["RAY_TMPDIR"])
+    kill_driver(proc, ray_env["RAY_TMPDIR"])
     before = len(list(records.glob("*.json")))
     assert 3 <= before < N * len(REGIMES)
 
@@ -59,12 +45,8 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     assert r.stdout.startswith("taking the study over from host ") and f"process {proc.pid}," in r.stdout.splitlines()[0]
     study = root / "killed"
     assert (study / "driver.lock").read_text() == ""  # released at the end
-    trials = pq.read_table(study / "results" / "trials.parquet").to_pandas()
+    trials = assert_each_trial_once(study, {r: N for r in REGIMES}, len(REGIMES) * 1 * 2)  # tuned only, two seeds
     epochs = pq.read_table(study / "results" / "epochs.parquet").to_pandas()
-    search = trials[trials.phase == "search"]
-    assert trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}
-    assert Counter(search["regime"]) == {r: N for r in REGIMES}
-    assert (trials.phase == "confirm").sum() == len(REGIMES) * 1 * 2  # tuned only, two seeds
     final = epochs[epochs.stage == "final"]
     per_trial = final.groupby("trial_id")["epoch"].apply(list)
     assert all(v == list(range(1, 9)) for v in per_trial), "an epoch lost or duplicated"
@@ -72,26 +54,12 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
 
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("killed")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
-    assert Counter(c.data.tags["trial_id"] for c in children) == Counter({t: 1 for t in trials["trial_id"]})
+    runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id], max_results=1000)
     assert len([x for x in runs if x.data.tags.get("phase") == "study"]) == 1
-    for c in children:
-        assert c.info.status == "FINISHED"
-        hist = client.get_metric_history(c.info.run_id, "val_acc")
-        assert sorted(m.step for m in hist) == list(range(1, 9))
-
-    import optuna
-    storage = f"sqlite:///{study / 'optuna.db'}"
-    for regime in REGIMES:
-        st = optuna.load_study(study_name=f"killed.{regime}", storage=storage)
-        complete = {t.number: t.value for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE}
-        assert not [t for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
-        rows = search[search.regime == regime].set_index("optuna_trial")["val_acc"]
-        assert set(complete) == set(rows.index)
-        assert all(abs(complete[n] - rows[n]) < 1e-12 for n in complete)
-
+    for c in runs:
+        if c.data.tags.get("mlflow.parentRunId"):
+            hist = client.get_metric_history(c.info.run_id, "val_acc")
+            assert sorted(m.step for m in hist) == list(range(1, 9))
 
 def test_a_run_that_no_trial_will_finish_is_dropped_at_the_end(tmp_path):
     """A killed driver may have started a trial (and its MLflow run) after Tune's last snapshot: the
@@ -129,7 +97,7 @@ def test_a_study_killed_in_the_confirmations_second_look_resumes_there(tmp_path,
     while time.time() < deadline and not in_second_look():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
-    _kill_driver(proc, ray_env["RAY_TMPDIR"])
+    kill_driver(proc, ray_env["RAY_TMPDIR"])
     assert not (root / "looks" / "summary.txt").exists()  # it stopped mid-way
 
     r = run_cli(["--resume", "--root", str(root), "--name", "looks", "--num-cpus", "2"], ray_env)

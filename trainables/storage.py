@@ -11,6 +11,8 @@ import errno
 import os
 import posixpath
 import tempfile
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,9 +43,21 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
+def join_uri(uri: str, *parts: str) -> str:
+    """``parts`` joined below ``uri``'s path with '/', before its query string:
+    ``s3://bucket/studies?endpoint_override=host:9000&scheme=http`` + ``a`` is
+    ``s3://bucket/studies/a?endpoint_override=host:9000&scheme=http`` (pyarrow.fs reads the options
+    of the store from the query; a part after it would be read as the value of the last one)."""
+    u = urllib.parse.urlsplit(uri)
+    path = posixpath.join(u.path.rstrip("/") or "/", *parts) if parts else u.path
+    return urllib.parse.urlunsplit(u._replace(path=path))
+
+
 @dataclass(frozen=True)
 class Storage:
-    """A root location; ``path`` is joined below it with '/'."""
+    """A root location; ``path`` is joined below it with '/' (before a URI's query string).  A URI's
+    query carries the store's options, e.g. ``s3://bucket/studies?endpoint_override=host:9000&scheme=http``
+    for an S3-compatible server; each call reads them again (``pafs.FileSystem.from_uri``)."""
 
     root: str
 
@@ -54,7 +68,7 @@ class Storage:
     def join(self, *parts: str) -> str:
         if self.local:
             return str(Path(self.root, *parts))
-        return posixpath.join(self.root.rstrip("/"), *parts)
+        return join_uri(self.root, *parts)
 
     def _fs(self, location: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(location)
@@ -97,23 +111,67 @@ class Storage:
         fs.delete_file(p)
 
     def move(self, src: str, dst: str) -> None:
-        """Move a folder (a rename where local; copy and delete on an object store)."""
+        """Move a folder or a file (a rename where local; on an object store, which has no folders to
+        rename, each file is copied and then the source deleted)."""
         if self.local:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             os.rename(src, dst)
             return
         fs, p = self._fs(src)
         _, q = self._fs(dst)
-        fs.create_dir(posixpath.dirname(q), recursive=True)
-        fs.move(p, q)
+        if fs.get_file_info(p).type == pafs.FileType.File:
+            fs.create_dir(posixpath.dirname(q), recursive=True)
+            fs.move(p, q)
+            return
+        # pyarrow's S3 and GCS filesystems move single objects only (a folder is a key prefix)
+        infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+        made: set[str] = set()
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            target = posixpath.join(q, posixpath.relpath(info.path, p))
+            parent = posixpath.dirname(target)
+            if parent not in made:
+                fs.create_dir(parent, recursive=True)
+                made.add(parent)
+            fs.copy_file(info.path, target)
+        # the deepest folders first: a store with real folders (SeaweedFS) keeps, without an error, a
+        # folder it is asked to delete while it still holds another, as one delete_dir(p) would ask
+        folders = sorted((i.path for i in infos if i.type == pafs.FileType.Directory), key=lambda d: -d.count("/"))
+        for folder in [*folders, p]:
+            fs.delete_dir(folder)
+
+    def age(self, location: str) -> float | None:
+        """Seconds since ``location`` was last written, by the clock of the store that holds it (so
+        that machines whose clocks differ agree): a local file's against this machine's clock, an
+        object's against the time of an object written now; None if it is not there."""
+        if self.local:
+            try:
+                return time.time() - os.stat(location).st_mtime
+            except FileNotFoundError:
+                return None
+        fs, p = self._fs(location)
+        info = fs.get_file_info(p)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        clock = f"{p}.clock-{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(clock) as f:
+            f.write(b"")
+        try:
+            now = fs.get_file_info(clock).mtime
+        finally:
+            fs.delete_file(clock)
+        return (now - info.mtime).total_seconds()
 
     def list_names(self, location: str, suffix: str = "") -> list[str]:
+        """The names (not paths) of the files and folders right below ``location``; none if it is not there."""
         if self.local:
             d = Path(location)
             return sorted(p.name for p in d.iterdir() if p.name.endswith(suffix)) if d.exists() else []
         fs, p = self._fs(location)
         infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-        return sorted(posixpath.basename(i.path) for i in infos if i.path.endswith(suffix))
+        names = (posixpath.basename(i.path.rstrip("/")) for i in infos)  # paths without the URI's query
+        return sorted(n for n in names if n and n.endswith(suffix))
 
     def upload_dir(self, local_dir: Path, location: str) -> None:
         """Copy the files of ``local_dir`` to ``location`` (remote stores only)."""
