@@ -216,18 +216,23 @@ def _alive_workers() -> list[dict]:
 
 
 def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(tmp_path, ray_env, data_dir,
-                                                                              monkeypatch, capsys):
+                                                                              monkeypatch, capsys, s3_server):
     """No --max-concurrent: the default, 2 trials at once, comes from the autoscaler's node types (an
     empty cluster would have given 1), and both workers come for them; a trial no node type can
-    hold is refused first."""
+    hold is refused first.  The nodes share the study's artifacts, records and Tune state through a
+    real S3 bucket (``--storage s3://...``, the endpoint in $AWS_ENDPOINT_URL, as a cloud bucket's
+    nodes would have their credentials in their environment)."""
     import ray
     from ray._private.services import get_node_ip_address
     from ray.cluster_utils import Cluster
 
     from study.lottery import main
+    from trainables.storage import Storage
 
-    env = {**ray_env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    _use_env(monkeypatch, env, (*BASE_ENV, "RAY_FAKE_CLUSTER", "AUTOSCALER_UPDATE_INTERVAL_S"))
+    s3 = s3_server.env()
+    env = {**ray_env, **s3, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    _use_env(monkeypatch, env, (*BASE_ENV, *s3, "RAY_FAKE_CLUSTER", "AUTOSCALER_UPDATE_INTERVAL_S"))
+    storage = s3_server.uri(f"cluster-{os.getpid()}-{time.time_ns()}/studies")
     port = free_port("")
     address = f"{get_node_ip_address()}:{port}"
     config = _autoscaling_config(tmp_path / "autoscaler.yaml", address)
@@ -244,7 +249,8 @@ def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(t
             assert_refused(main, _refusal_args(address, *flags), flag, tmp_path, capsys)
 
         root, log = tmp_path / "s", tmp_path / "cli.log"
-        proc = _start_cli(_args(root, "scaled", data_dir, address, 6, "--cpus-per-trial", "1"), env, log)
+        proc = _start_cli(_args(root, "scaled", data_dir, address, 6, "--cpus-per-trial", "1", "--storage", storage),
+                          env, log)
         most_workers, most_cpus = 0, 0.0
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
@@ -256,8 +262,13 @@ def test_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(t
         # it joined the empty cluster; the default concurrency is what the autoscaler can start
         assert "with 0 CPUs, 0 GPUs; up to 2 trials at once (autoscaler: up to 2 workers of ray.worker.cpu (1 CPU))" \
             in out, out[-4000:]
-        _check_complete(root / "scaled", 6, out)
+        trials, _ = _check_complete(root / "scaled", 6, out)
         assert most_workers == 2 and most_cpus == 2, (most_workers, most_cpus)  # one worker per pending trial
+        shared = Storage(Storage(storage).join("scaled"))
+        assert {"artifacts", "ray", "trial-records"} <= set(shared.list_names(shared.root))
+        assert not (root / "scaled" / "artifacts").exists() and not (root / "scaled" / "ray").exists()
+        trained = {n.removesuffix(".json") for n in shared.list_names(shared.join("trial-records"), ".json")}
+        assert trained and trained <= set(trials["trial_id"])  # (a repeated suggestion is answered, not trained)
 
         deadline = time.time() + 90  # idle timeout 3 s, autoscaler update every 1 s
         while _alive_workers() and time.time() < deadline:
