@@ -157,6 +157,7 @@ class _Held:
 def _hold_study(cfg: StudyConfig, new: bool) -> _Held | None:
     """Hold the study for the driver's whole life, or refuse in one line (None: exit status 2) with
     nothing written: a new study's folder is made for its lock and removed again if refused."""
+    import _thread
     import shutil
 
     from study.lock import DriverLock, StudyInUse, StudyLease, describe
@@ -167,7 +168,8 @@ def _hold_study(cfg: StudyConfig, new: bool) -> _Held | None:
             study_dir.mkdir(parents=True)
         lock = DriverLock.acquire(study_dir)
         if cfg.shared_root != str(study_dir):  # other machines' drivers cannot see the folder's lock
-            lease = StudyLease.acquire(Storage(cfg.shared_root), cfg.execution.name)
+            # should another driver take the lease (this one stalled past its TTL), stop as at Ctrl-C
+            lease = StudyLease.acquire(Storage(cfg.shared_root), cfg.execution.name, on_lost=_thread.interrupt_main)
     except StudyInUse as e:
         if lock is not None:
             lock.release()

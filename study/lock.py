@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -102,18 +103,21 @@ class StudyLease:
     """The lease a driver holds on the study's shared storage (``acquire``), renewed every
     ``renew_s`` by a daemon thread until ``release``."""
 
-    def __init__(self, storage, location: str, mine: dict, took_over: dict | None, renew_s: float):
+    def __init__(self, storage, location: str, mine: dict, took_over: dict | None, renew_s: float,
+                 on_lost: Callable[[], None] | None = None):
         self.storage, self.location, self.mine, self.took_over = storage, location, mine, took_over
         self.lost: dict | None = None  # the driver that took the lease from this one, if one did
+        self.on_lost = on_lost  # called then (the driver: stop, as at Ctrl-C)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, args=(renew_s,), name="study-lease", daemon=True)
         self._thread.start()
 
     @classmethod
     def acquire(cls, storage, name: str, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENEW_S,
-                settle_s: float = LEASE_SETTLE_S) -> "StudyLease":
+                settle_s: float = LEASE_SETTLE_S, on_lost: Callable[[], None] | None = None) -> "StudyLease":
         """Take the lease on ``storage`` (a ``trainables.storage.Storage`` at the study's shared
-        root), or raise ``StudyInUse`` naming the driver that renewed it within ``ttl_s``."""
+        root), or raise ``StudyInUse`` naming the driver that renewed it within ``ttl_s``;
+        ``on_lost`` is called if another driver takes it later."""
         location = storage.join(LEASE_FILE)
         held, age = _read_lease(storage, location)
         if held and age is not None and age < ttl_s and not _gone(held):
@@ -126,7 +130,7 @@ class StudyLease:
         if back.get("token") != mine["token"]:
             raise StudyInUse(f"the study {name} is in use by another driver: {describe(back)} (it took the lease "
                              f"{location} as this one did); wait for it to end, or stop it first")
-        return cls(storage, location, mine, held or None, renew_s)
+        return cls(storage, location, mine, held or None, renew_s, on_lost)
 
     def _renew(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -135,7 +139,9 @@ class StudyLease:
                 if held.get("token") != self.mine["token"]:
                     self.lost = held
                     print(f"error: the study's lease {self.location} was taken by {describe(held)} (this driver "
-                          f"did not renew it for {LEASE_TTL_S:.0f} s)", file=sys.stderr, flush=True)
+                          f"did not renew it in time): stopping", file=sys.stderr, flush=True)
+                    if self.on_lost is not None:
+                        self.on_lost()
                     return
                 self.storage.write_text(self.location, json.dumps(self.mine))  # its time is the renewal
             except OSError:

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from analysis.tables import load_records
-from tests.test_trainable import asked
+from tests.test_trainable import asked, interrupted_after_epoch_1
 from trainables.config import PipelineConfig
 from trainables.records import (DamagedRecord, TrialRecord, TrialSpec, parse_record, record_text,
                                 records_text)
@@ -52,14 +52,7 @@ def test_a_damaged_checkpoint_starts_the_trial_from_its_stored_stages(ctx, tmp_p
     ends exactly as a trial run without any checkpoint; Tune's checkpoint folder is left as it is."""
     config = asked("random_reinit", 0.05, 1)
     full, = run_trial(config, replace(ctx, study_dir=str(tmp_path / "apart")), "full", None)  # own store
-    saved = tmp_path / "ckpt"
-
-    def interrupted(metrics, ckpt):
-        if metrics["epoch"] == 1:
-            shutil.copytree(ckpt, saved)
-            raise KeyboardInterrupt  # the trial dies after its first checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        run_trial(config, ctx, "again", interrupted)
+    saved = interrupted_after_epoch_1(config, ctx, "again", tmp_path / "ckpt")
     assert {p.name for p in saved.iterdir()} == {CHECKPOINT_FILE, CHECKPOINT_DIGEST}
     assert read_checkpoint(saved)["record"] == "again"  # intact, it would resume
     artifacts = tmp_path / "study" / "artifacts"

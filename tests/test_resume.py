@@ -3,7 +3,6 @@ every trial exactly once in Parquet, MLflow and Optuna."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -90,10 +89,10 @@ def test_a_study_killed_in_the_confirmations_second_look_resumes_there(tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     records = root / "looks" / "trial-records"
     deadline = time.time() + 300
-    second_look = re.compile(r'"seeds": \[[34]\], "phase": "confirm"')  # a record of look 2's seeds 3, 4
-
-    def in_second_look() -> bool:
-        return any(second_look.search(p.read_text()) for p in records.glob("*.json"))
+    def in_second_look() -> bool:  # a record of look 2's seeds 3, 4
+        from trainables.trainable import read_records
+        return any(r.spec.phase == "confirm" and r.spec.seed in (3, 4)
+                   for p in records.glob("[!.]*.json") for r in read_records(p.read_bytes()))
     while time.time() < deadline and not in_second_look():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)

@@ -5,6 +5,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,17 @@ from trainables.trainable import TrialContext, run_trial
 def asked(regime: str, lr: float, seed: int) -> dict:
     """The Tune config of a search trial on the last of the fixture's 2 IMP rounds."""
     return TrialSpec(regime, lr, (seed,), prune_round=2).as_config()
+
+
+def interrupted_after_epoch_1(config: dict, ctx, trial_id: str, saved: Path) -> Path:
+    """Run the trial until its first checkpoint (a copy kept at ``saved``), then let it die."""
+    def interrupted(metrics, ckpt):
+        if metrics["epoch"] == 1:
+            shutil.copytree(ckpt, saved)
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(config, ctx, trial_id, interrupted)
+    return saved
 
 
 @pytest.fixture
@@ -49,14 +61,7 @@ def test_resume_from_a_checkpoint_counts_every_epoch_once(ctx, tmp_path):
     ctx = replace(ctx, checkpoint_every=1)
     config = asked("random_reinit", 0.05, 1)
     full, = run_trial(config, replace(ctx, study_dir=str(tmp_path / "apart")), "full", lambda m, c: None)  # own store
-    saved = tmp_path / "ckpt"
-
-    def interrupted(metrics, ckpt):
-        if metrics["epoch"] == 1:
-            shutil.copytree(ckpt, saved)
-            raise KeyboardInterrupt  # the trial dies after its first checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        run_trial(config, ctx, "again", interrupted)
+    saved = interrupted_after_epoch_1(config, ctx, "again", tmp_path / "ckpt")
     assert sorted(p.name for p in saved.iterdir()) == ["trial.pt", "trial.pt.sha256.json"]  # its digest beside it
     epochs = []
     rec, = run_trial(config, ctx, "again", lambda m, c: epochs.append(m["epoch"]), str(saved))
