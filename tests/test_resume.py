@@ -1,8 +1,11 @@
-"""Driver loss: the study process killed with SIGKILL mid-run, then --resume: complete results,
-every trial exactly once in Parquet, MLflow and Optuna."""
+"""Driver loss: the study process killed with SIGKILL mid-run (on a real object store, its artifacts
+damaged meanwhile; or in the confirmation's second look), then --resume: complete results, every
+trial exactly once in Parquet, MLflow and Optuna; and one driver per study."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,42 +16,79 @@ import pyarrow.parquet as pq
 from tests.conftest import ROOT, assert_each_trial_once, kill_driver, run_cli
 
 N = 4
+EPOCHS = 6
 REGIMES = ("winning_ticket", "random_reinit")
 
 
-def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir):
+def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir, s3_server, monkeypatch, capsys):
+    """A study sharing its files through a real S3 bucket (``--storage s3://...?endpoint_override=...``,
+    the keys in the environment).  While it runs, a second driver on its folder is refused by the
+    folder's lock, and one elsewhere (its own folder, the same storage) by the lease, each in one line
+    naming the holder, writing nothing.  Killed with SIGKILL mid-search, every artifact in the bucket
+    cut to half its size, then --resume: it takes the lock and the lease over at once (their holder's
+    process is gone), sets the damaged artifacts it loads aside, computes them again, and completes:
+    every trial once in Parquet, MLflow and Optuna, every epoch once."""
+    from study.lottery import main
+    from tests.test_storage_s3 import use_s3_env
+    from trainables.storage import Storage
+    use_s3_env(s3_server, "query", monkeypatch)
+    env = {**ray_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    storage = s3_server.uri(f"killed-{os.getpid()}-{time.time_ns()}/studies", query=True)
     root = tmp_path / "s"
-    args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", "8", "--rounds", "2",
+    args = ["--num-samples", str(N), "--regimes", ",".join(REGIMES), "--epochs", str(EPOCHS), "--rounds", "2",
             "--lr-grid", "4", "--lr-min", "0.01", "--lr-max", "0.3", "--startup-trials", "2",
-            "--checkpoint-every", "1", "--confirm-seeds", "2", "--max-confirm-seeds", "2", "--candidates", "1", "--no-sweep", "--no-fixed",
-            "--root", str(root), "--name", "killed", "--data-dir", data_dir, "--num-cpus", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args], cwd=ROOT, env=ray_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    records = root / "killed" / "trial-records"
+            "--checkpoint-every", "1", "--confirm-seeds", "2", "--max-confirm-seeds", "2", "--candidates", "1",
+            "--no-sweep", "--no-fixed", "--storage", storage, "--data-dir", data_dir, "--num-cpus", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "study.lottery", *args, "--root", str(root), "--name", "killed"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    shared = Storage(Storage(storage).join("killed"))
+    records = shared.join("trial-records")
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(records.glob("*.json"))) < 3:  # mid-way through the first regime
+    while time.time() < deadline and len(shared.list_names(records, ".json")) < 2:  # mid-way through the search
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.2)
-    # a second driver on the running study is refused before it writes anything, naming the holder
-    t0 = time.time()
-    second = run_cli(["--resume", "--root", str(root), "--name", "killed", "--num-cpus", "2"], ray_env, timeout=60)
-    assert second.returncode == 2 and second.stdout == "", second.stdout[-2000:] + second.stderr[-2000:]
-    assert len(second.stderr.strip().splitlines()) == 1 and time.time() - t0 < 30
-    assert "in use by another driver" in second.stderr and f"process {proc.pid}, since " in second.stderr
+    lease = json.loads(shared.read_text(shared.join("driver.lease")))
+    assert lease["pid"] == proc.pid
+    # second drivers (in this process: quick, so that the first is still mid-search after them)
+    for where, flags in (("lock", ["--resume", "--root", str(root), "--name", "killed", "--num-cpus", "2"]),
+                         ("lease", [*args, "--root", str(tmp_path / "elsewhere"), "--name", "killed"])):
+        capsys.readouterr()
+        assert main(flags) == 2, where
+        said = capsys.readouterr()
+        assert said.out == "" and len(said.err.strip().splitlines()) == 1, (where, said)
+        assert f"in use by another driver: host {socket.gethostname()}, process {proc.pid}, since " in said.err
+    assert not (tmp_path / "elsewhere" / "killed").exists()
+    assert json.loads(shared.read_text(shared.join("driver.lease")))["token"] == lease["token"]
     kill_driver(proc, ray_env["RAY_TMPDIR"])
-    before = len(list(records.glob("*.json")))
-    assert 3 <= before < N * len(REGIMES)
+    before = len(shared.list_names(records, ".json"))
+    assert 2 <= before < N * len(REGIMES), "the search ended before the kill"
+    cut = []
+    for name in shared.list_names(shared.join("artifacts")):
+        tensors = shared.join("artifacts", name, "tensors.pt")
+        if shared.exists(tensors):
+            data = shared.read_bytes(tensors)
+            shared.write_bytes(tensors, data[:len(data) // 2])
+            cut.append(name)
+    assert cut
 
-    r = run_cli(["--resume", "--root", str(root), "--name", "killed", "--num-cpus", "2"], ray_env)
+    r = run_cli(["--resume", "--root", str(root), "--name", "killed", "--num-cpus", "2"], env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.startswith("taking the study over from host ") and f"process {proc.pid}," in r.stdout.splitlines()[0]
+    took = r.stdout.splitlines()[:2]
+    assert all(ln.startswith(f"taking the study over from host {socket.gethostname()}, process {proc.pid}, ")
+               for ln in took), took
+    assert took[0].endswith("ended without releasing it") and "stopped renewing its lease" in took[1]
+    rebuilt = [ln for ln in r.stdout.splitlines() if ln.startswith("artifact ") and "found damaged" in ln]
+    assert rebuilt and all(ln.split()[1] in cut for ln in rebuilt), r.stdout[-3000:]
+    assert set(shared.list_names(shared.join("artifacts", "damaged"))) >= {
+        ln.split("artifacts/damaged/")[1].rstrip(")") for ln in rebuilt}
     study = root / "killed"
-    assert (study / "driver.lock").read_text() == ""  # released at the end
+    assert (study / "driver.lock").read_text() == "" and not shared.exists(shared.join("driver.lease"))  # released
     trials = assert_each_trial_once(study, {r: N for r in REGIMES}, len(REGIMES) * 1 * 2)  # tuned only, two seeds
     epochs = pq.read_table(study / "results" / "epochs.parquet").to_pandas()
     final = epochs[epochs.stage == "final"]
     per_trial = final.groupby("trial_id")["epoch"].apply(list)
-    assert all(v == list(range(1, 9)) for v in per_trial), "an epoch lost or duplicated"
+    assert all(v == list(range(1, EPOCHS + 1)) for v in per_trial), "an epoch lost or duplicated"
     assert set(per_trial.index) == set(trials["trial_id"])
 
     from mlflow.tracking import MlflowClient
@@ -58,7 +98,7 @@ def test_sigkilled_study_resumes_to_complete_results(tmp_path, ray_env, data_dir
     for c in runs:
         if c.data.tags.get("mlflow.parentRunId"):
             hist = client.get_metric_history(c.info.run_id, "val_acc")
-            assert sorted(m.step for m in hist) == list(range(1, 9))
+            assert sorted(m.step for m in hist) == list(range(1, EPOCHS + 1))
 
 def test_a_run_that_no_trial_will_finish_is_dropped_at_the_end(tmp_path):
     """A killed driver may have started a trial (and its MLflow run) after Tune's last snapshot: the
