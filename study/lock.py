@@ -126,7 +126,7 @@ class StudyLease:
         mine = {**_holder(), "token": uuid.uuid4().hex}
         storage.write_text(location, json.dumps(mine))
         time.sleep(settle_s)
-        back, _ = _read_lease(storage, location)
+        back, _ = _read_lease(storage, location, dated=False)
         if back.get("token") != mine["token"]:
             raise StudyInUse(f"the study {name} is in use by another driver: {describe(back)} (it took the lease "
                              f"{location} as this one did); wait for it to end, or stop it first")
@@ -135,7 +135,7 @@ class StudyLease:
     def _renew(self, every: float) -> None:
         while not self._stop.wait(every):
             try:
-                held, _ = _read_lease(self.storage, self.location)
+                held, _ = _read_lease(self.storage, self.location, dated=False)
                 if held.get("token") != self.mine["token"]:
                     self.lost = held
                     print(f"error: the study's lease {self.location} was taken by {describe(held)} (this driver "
@@ -152,7 +152,7 @@ class StudyLease:
         self._stop.set()
         self._thread.join()
         try:
-            held, _ = _read_lease(self.storage, self.location)
+            held, _ = _read_lease(self.storage, self.location, dated=False)
             if held.get("token") == self.mine["token"]:
                 self.storage.delete(self.location)
         except OSError:
@@ -172,13 +172,14 @@ def _gone(holder: dict) -> bool:
     return False
 
 
-def _read_lease(storage, location: str) -> tuple[dict, float | None]:
-    """(the lease's holder, seconds since it was last written by the store's clock); ({}, None)
-    when there is none, and ({}, age) when it is unreadable (a driver that died mid-write)."""
+def _read_lease(storage, location: str, dated: bool = True) -> tuple[dict, float | None]:
+    """(the lease's holder, seconds since it was last written by the store's clock, or None without
+    ``dated``: an object store's clock costs a write); ({}, None) when there is none, and ({}, age)
+    when it is unreadable (a driver that died mid-write)."""
     if not storage.exists(location):
         return {}, None
     try:
         holder = json.loads(storage.read_text(location))
     except (OSError, ValueError):
         holder = {}
-    return (holder if isinstance(holder, dict) else {}), storage.age(location)
+    return (holder if isinstance(holder, dict) else {}), storage.age(location) if dated else None
