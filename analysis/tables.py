@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainables.config import DataConfig, ModelConfig, PruningConfig, TrainingConfig
-from trainables.records import (Artifacts, DamagedRecord, DerivedSeeds, Efficiency, TrialRecord, TrialSpec,
-                                aside_name, parse_records)
+from trainables.record_store import load_records
+from trainables.records import Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec
 from trainables.storage import atomic_path
 
 _ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
@@ -94,45 +94,6 @@ def _ts(t: float | None) -> datetime | None:
 
 def _num(x: Any) -> float | None:
     return None if x is None else float(x)
-
-
-def load_records(study_dir: str | os.PathLike[str]) -> list[TrialRecord]:
-    """The driver's copies of the study's trial records (``records/``), by trial id: each checked
-    against its sha256 (a copy without one, written before digests, is trusted; one form or the
-    other, see ``trainables.records.parse_records``).  A damaged copy (truncated, changed, unreadable)
-    is moved aside to ``records/damaged/`` (kept), named in one line and left out: its trial counts
-    as not done, so the driver finalises it again from the trial's own record, or trains it again."""
-    rec_dir = Path(study_dir) / "records"
-    if not rec_dir.exists():
-        return []
-    out: list[TrialRecord] = []
-    for p in sorted(rec_dir.glob("*.json")):
-        if p.name.startswith(".") or not p.is_file():  # a copy being written (atomic_path), or not a file
-            continue
-        try:
-            out += parse_records(p.read_bytes())
-        except FileNotFoundError:
-            continue  # moved aside by another reader meanwhile
-        except (OSError, DamagedRecord) as e:
-            why = str(e) if isinstance(e, DamagedRecord) else f"cannot be read: {e.strerror or type(e).__name__}"
-            _set_aside(p, why)
-    return out
-
-
-def _set_aside(path: Path, why: str) -> None:
-    """Move a damaged record copy to ``records/damaged/<trial>-<UTC time>-<id>.json`` and say so."""
-    aside = path.parent / "damaged" / aside_name(path.name)
-    try:
-        aside.parent.mkdir(exist_ok=True)
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return  # another reader moved it first (and said so)
-    except OSError as e:
-        print(f"record {path.stem} was damaged ({why}) and cannot be moved aside ({e.strerror or type(e).__name__}): "
-              f"left out; the trial counts as not done", flush=True)
-        return
-    print(f"record {path.stem} was damaged ({why}): moved to records/damaged/{aside.name}; the trial counts as "
-          f"not done", flush=True)
 
 
 def trial_row(r: TrialRecord) -> dict[str, Any]:

@@ -15,15 +15,14 @@ from typing import Any, TextIO
 
 from ray import tune
 
-from analysis.tables import TableWriter, load_records
+from analysis.tables import TableWriter
 from study.config import optuna_study_name
 from study.runtime import DRIVER_LOG as LOG_NAME
 from study.tracking import MlflowTracker
-from trainables.artifacts import spec_hash
-from trainables.storage import Storage, WriteFailure, atomic_path, storage_failure
+from trainables.storage import Storage, WriteFailure, storage_failure
 from trainables.records import TrialRecord, TrialSpec
-from trainables.records import DamagedRecord, aside_name, record_text
-from trainables.trainable import TRIAL_RECORDS, read_records
+from trainables.record_store import RecordStore, load_records
+from trainables.records import DamagedRecord, RunKey
 
 
 class DeterministicFailure(Exception):
@@ -164,6 +163,7 @@ class StudyCallback(tune.Callback):
         self.study, self.study_dir, self.study_hash = study, Path(study_dir), study_hash
         self.tracker, self.progress, self.settings = tracker, progress, settings
         self.shared = shared or Storage(str(self.study_dir))  # where trials write their records
+        self.store = RecordStore(self.shared, self.study_dir)
         self.failures: dict[str, dict[str, tuple]] = {}  # group -> trial id -> (trial, its latest error line)
         self.failure: str | None = None  # why the study must stop, once the same error repeats
         self._load()
@@ -196,29 +196,19 @@ class StudyCallback(tune.Callback):
 
     def catch_up(self) -> int:
         """Finalise records that trials wrote but the driver never processed (it was killed in
-        between); returns how many.  Keyed by trial id, so nothing is counted twice."""
+        between, or a driver's copy was damaged); returns how many.  Keyed by record id, so nothing
+        is counted twice."""
         done = 0
-        for name in self.shared.list_names(self.shared.join(TRIAL_RECORDS), ".json"):
-            if name.startswith("."):  # a record still being written (atomic_path)
-                continue
-            for record in self._read_shared(name) or ():
+        for trial_id in self.store.trial_ids():
+            try:
+                records = self.store.read_trial(trial_id) or []
+            except DamagedRecord:
+                continue  # set aside and named; the trial is not done
+            for record in records:
                 if record.trial_id not in self.records:
                     self.finalise(record)
                     done += 1
         return done
-
-    def _read_shared(self, name: str) -> list[TrialRecord] | None:
-        """A trial's record file; None when it is damaged (``DamagedRecord``): moved aside to
-        ``trial-records/damaged/`` (kept for inspection) and named in one line."""
-        where = self.shared.join(TRIAL_RECORDS, name)
-        try:
-            return read_records(self.shared.read_bytes(where))
-        except DamagedRecord as e:
-            aside = aside_name(name)
-            self.shared.move(where, self.shared.join(TRIAL_RECORDS, "damaged", aside))
-            print(f"the record file of trial {name.removesuffix('.json')} was damaged ({e}): moved to "
-                  f"{TRIAL_RECORDS}/damaged/{aside}", file=self.progress.out, flush=True)
-            return None
 
     def on_step_end(self, iteration, trials, **info) -> None:
         running = [t for t in trials if t.status == "RUNNING"]
@@ -245,26 +235,30 @@ class StudyCallback(tune.Callback):
         spec = record.spec
         record = record.replace(
             mlflow_run_id=self._run_id(record.trial_id, spec), optuna_study=self._optuna_study(spec),
-            study_hash=self.study_hash, trial_hash=spec_hash({"study": self.study_hash, **spec.settings_key()}))
+            study_hash=self.study_hash, trial_hash=RunKey.of(spec, self.settings).hash)
         if record.completed:
             self.tracker.finish_child(record.mlflow_run_id, record)
         else:
             self.tracker.fail_child(record.mlflow_run_id, record.error or "")
-        with atomic_path(self.study_dir / "records" / f"{record.trial_id}.json") as tmp:
-            tmp.write_text(record_text(record))
+        self.store.write_final(record)
         self.records[record.trial_id] = record
         self.tables.add(record)
         self.progress.finish(record, note)
         return record
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        written = self.shared.join(TRIAL_RECORDS, f"{trial.trial_id}.json")  # by the trial, on any node
-        if not self.shared.exists(written):  # ended without a record: count it as an error, never silently
-            return self._error(trial, "stopped with the study" if self.failure else
-                               "trial ended without writing its record")
-        records = self._read_shared(f"{trial.trial_id}.json")
-        if records is None:
-            return self._error(trial, "its record file was damaged")
+        self.finish(trial.trial_id, TrialSpec.from_config(trial.config))
+
+    def finish(self, trial_id: str, spec: TrialSpec) -> None:
+        """Finalise the records the trial ``trial_id`` (asked ``spec``) left in the store: a Tune
+        trial, or a search suggestion answered from an identical trial's records."""
+        try:
+            records = self.store.read_trial(trial_id)
+        except DamagedRecord:
+            return self.record_error(spec, trial_id, "its record file was damaged")
+        if records is None:  # ended without a record: count it as an error, never silently
+            return self.record_error(spec, trial_id, "stopped with the study" if self.failure else
+                                     "trial ended without writing its record")
         for record in records:
             if record.trial_id in self.records and self.records[record.trial_id].completed:
                 continue  # finished before an interruption, then re-run from a checkpoint: counted once

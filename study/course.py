@@ -100,7 +100,7 @@ def close_orphans_of(cfg: StudyConfig, regime: str) -> None:
     killed driver made but never ran, marked FAIL.  So COMPLETE trials match the rows exactly."""
     import optuna
 
-    from analysis.tables import load_records
+    from trainables.record_store import load_records
     from study.search import search_values
     storage = f"sqlite:///{cfg.study_dir / 'optuna.db'}"
     study = optuna.load_study(study_name=optuna_study_name(cfg.execution.name, regime), storage=storage)
@@ -373,7 +373,8 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
     from analysis.report import replay
     from analysis.stats import candidates as candidate_table
     from analysis.summary import read_tables
-    from analysis.tables import load_records, write_tables
+    from analysis.tables import write_tables
+    from trainables.record_store import load_records
     from study.callbacks import DeterministicFailure, Progress
     from study.tuning import run_experiment
 

@@ -13,7 +13,6 @@ rounded up), so a regime waiting for its batch's last trial leaves its slot to a
 """
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -22,13 +21,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from study.config import StudyConfig, optuna_study_name
-from trainables.records import DamagedRecord, TrialRecord, TrialSpec
-from trainables.trainable import TRIAL_RECORDS, read_records
-
-
-def _key(config: dict[str, Any]) -> str:
-    """What a suggestion asks to train (regime, LR, seeds, round; not the Optuna trial that asked)."""
-    return json.dumps(TrialSpec.from_config(config).settings_key(), sort_keys=True)
+from trainables.records import DamagedRecord, RunKey, TrialRecord, TrialSpec
 
 
 @dataclass
@@ -72,6 +65,11 @@ class StudySearch(Searcher):
         self._studies: dict[str, Any] = {}
         self._told: dict[str, set[int]] = {}  # Optuna trials already finished when restored
         self._turn = 0
+
+    def _key(self, config: dict[str, Any]) -> str:
+        """What a suggestion asks to train: its ``RunKey``'s hash (the callback's settings are the
+        study's pipeline settings)."""
+        return RunKey.of(TrialSpec.from_config(config), self.callback.settings).hash
 
     # -- Optuna --------------------------------------------------------------------------------
     def _study(self, regime: str):
@@ -119,7 +117,7 @@ class StudySearch(Searcher):
             trial = self._study(regime).ask()
             config = self.spaces[regime](trial)
             st.asked += 1
-            key = _key(config)
+            key = self._key(config)
             if key in st.known:  # trained by an earlier batch: its value now, no trial
                 value, source = st.known[key]
                 self._tell(regime, trial.number, value)
@@ -146,10 +144,8 @@ class StudySearch(Searcher):
                 return
 
     def _records_of(self, trial_id: str) -> list[TrialRecord]:
-        shared = self.callback.shared
-        written = shared.join(TRIAL_RECORDS, f"{trial_id}.json")
         try:
-            return read_records(shared.read_bytes(written)) if shared.exists(written) else []
+            return self.callback.store.read_trial(trial_id, set_aside=False) or []
         except DamagedRecord:  # no value (Optuna is told FAIL); the callback sets the file aside and says so
             return []
 
@@ -163,7 +159,7 @@ class StudySearch(Searcher):
             if batch.results[tid] is not None:
                 st.known[key] = (batch.results[tid], tid)
         for number, config in batch.twins:
-            tid = batch.keys()[_key(config)]
+            tid = batch.keys()[self._key(config)]
             self._tell(regime, number, batch.results[tid])
             self._answer(config, tid, failed=batch.results[tid] is None)
         st.batch = _Batch()
@@ -180,12 +176,13 @@ class StudySearch(Searcher):
         if not trained:
             return self.callback.record_error(spec, answer_id, f"the trial {source} that trained this configuration failed")
         now = time.time()
-        for rid, one, src in zip(spec.record_ids(answer_id), spec.per_seed(), trained):
-            self.callback.finalise(TrialRecord.from_json({
-                **src.to_json(), "trial_id": rid, "spec": one.as_config()["spec"],
-                "reused_from": src.reused_from or src.trial_id, "resumed_from_epoch": None,
-                "started_at": now, "finished_at": now, "wall_seconds": 0.0,
-                "mlflow_run_id": None, "optuna_study": None, "study_hash": None, "trial_hash": None}))
+        # a copy of the source's records in the store, under this suggestion's id; then finalised as
+        # any trial's
+        self.callback.store.write_trial(answer_id, [src.replace(
+            trial_id=rid, spec=one, reused_from=src.reused_from or src.trial_id, resumed_from_epoch=None,
+            started_at=now, finished_at=now, wall_seconds=0.0, mlflow_run_id=None, optuna_study=None,
+            study_hash=None, trial_hash=None) for rid, one, src in zip(spec.record_ids(answer_id), spec.per_seed(), trained)])
+        self.callback.finish(answer_id, spec)
 
     # -- Tune's experiment snapshots -----------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:

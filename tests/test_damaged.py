@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import pytest
 
-from analysis.tables import load_records
 from tests.test_trainable import asked, interrupted_after_epoch_1
 from trainables.config import PipelineConfig
-from trainables.records import (DamagedRecord, TrialRecord, TrialSpec, parse_record, record_text,
-                                records_text)
+from trainables.record_store import RecordStore, load_records
+from trainables.records import DamagedRecord, TrialRecord, TrialSpec, parse_records, record_text, records_text
+from trainables.storage import Storage
 from trainables.trainable import (CHECKPOINT_DIGEST, CHECKPOINT_FILE, DamagedCheckpoint, TrialContext,
-                                  _write_records, read_checkpoint, read_records, run_trial, write_checkpoint)
+                                  read_checkpoint, run_trial, write_checkpoint)
 
 
 @pytest.fixture
@@ -170,33 +170,44 @@ def test_the_record_formats_round_trip_and_old_files_are_trusted():
     rec = _record("t")
     text = record_text(rec)
     assert json.loads(text)["val_acc"] == 0.5 and len(json.loads(text)["sha256"]) == 64
-    assert parse_record(text) == rec and parse_record(text.encode()) == rec
-    assert parse_record(json.dumps(rec.to_json())) == rec  # the driver's copy before digests
+    assert parse_records(text) == [rec] and parse_records(text.encode()) == [rec]
+    assert parse_records(json.dumps(rec.to_json())) == [rec]  # the driver's copy before digests
     both = records_text([rec, _record("u", 0.6)])
     assert set(json.loads(both)) == {"records", "sha256"}
-    assert read_records(both) == [rec, _record("u", 0.6)]
-    assert read_records(json.dumps({"records": [rec.to_json()]})) == [rec]  # a trial's file before digests
-    with pytest.raises(DamagedRecord, match="2 records where one was written"):
-        parse_record(both)
+    assert parse_records(both) == [rec, _record("u", 0.6)]
+    assert parse_records(json.dumps({"records": [rec.to_json()]})) == [rec]  # a trial's file before digests
     renamed = text.replace('"sha256"', '"sha257"')  # a flipped key is not taken for a file without digest
     with pytest.raises(DamagedRecord, match="not a trial record"):
-        parse_record(renamed)
+        parse_records(renamed)
     with pytest.raises(DamagedRecord, match="sha256 mismatch"):  # nor a flipped "records" for one record
-        read_records(both.replace('"records"', '"recorfs"'))
+        parse_records(both.replace('"records"', '"recorfs"'))
     with pytest.raises(DamagedRecord, match="not a record file"):
-        read_records(json.dumps([rec.to_json()]))
+        parse_records(json.dumps([rec.to_json()]))
 
 
 @pytest.mark.parametrize("damage", sorted(RECORD_DAMAGE))
-def test_read_records_refuses_a_damaged_trial_record(tmp_path, damage):
-    """The trial's own copy in shared storage (as ``_write_records`` writes it): refused with
-    ``DamagedRecord`` (a ValueError), never read as other records."""
+def test_read_records_refuses_a_damaged_trial_record(tmp_path, damage, capsys):
+    """The trial's own copy in shared storage (as the trial writes it): refused with
+    ``DamagedRecord`` (a ValueError), never read as other records; the store moves it to
+    ``trial-records/damaged/`` and names it in one line."""
     recs = [_record("t-s1"), _record("t-s2", 0.6)]
-    _write_records(TrialContext("s", str(tmp_path / "study"), PipelineConfig()), "t", recs)
+    store = RecordStore(Storage(str(tmp_path / "study")))
+    store.write_trial("t", recs)
     written = tmp_path / "study" / "trial-records" / "t.json"
-    assert read_records(written.read_bytes()) == recs and read_records(written.read_text()) == recs
+    assert parse_records(written.read_bytes()) == recs and store.read_trial("t") == recs
+    assert store.trial_ids() == ["t"] and store.read_trial("nobody") is None
     spoil, why = RECORD_DAMAGE[damage]
     spoil(written)
     with pytest.raises(DamagedRecord, match=why or None) as exc:
-        read_records(written.read_bytes())
+        parse_records(written.read_bytes())
     assert isinstance(exc.value, ValueError) and "\n" not in str(exc.value)
+    with pytest.raises(DamagedRecord):
+        store.read_trial("t", set_aside=False)
+    assert written.exists()
+    capsys.readouterr()
+    with pytest.raises(DamagedRecord):
+        store.read_trial("t")
+    assert not written.exists() and store.trial_ids() == []
+    aside, = (tmp_path / "study" / "trial-records" / "damaged").iterdir()
+    assert capsys.readouterr().out == (f"the record file of trial t was damaged ({exc.value}): moved to "
+                                       f"trial-records/damaged/{aside.name}\n")

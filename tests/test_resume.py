@@ -130,9 +130,9 @@ def test_a_study_killed_in_the_confirmations_second_look_resumes_there(tmp_path,
     records = root / "looks" / "trial-records"
     deadline = time.time() + 300
     def in_second_look() -> bool:  # a record of look 2's seeds 3, 4
-        from trainables.trainable import read_records
+        from trainables.records import parse_records
         return any(r.spec.phase == "confirm" and r.spec.seed in (3, 4)
-                   for p in records.glob("[!.]*.json") for r in read_records(p.read_bytes()))
+                   for p in records.glob("[!.]*.json") for r in parse_records(p.read_bytes()))
     while time.time() < deadline and not in_second_look():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)

@@ -8,7 +8,6 @@ the driver's callback (MLflow, records, tables) are the real ones.
 from __future__ import annotations
 
 import io
-import json
 import random
 
 import optuna
@@ -43,8 +42,7 @@ def _search(tmp_path, name: str, order_seed: int) -> tuple[dict, StudyCallback, 
     def finish(tid: str) -> None:
         spec = TrialSpec.from_config(running.pop(tid))
         record = TrialRecord(name, tid, spec, {}, val_acc=_value(spec), test_acc=_value(spec))
-        callback.shared.write_text(callback.shared.join("trial-records", f"{tid}.json"),
-                                   json.dumps({"records": [record.to_json()]}))
+        callback.store.write_trial(tid, [record])
         search.on_trial_complete(tid, {"val_acc": record.val_acc})
         callback.finalise(record)  # Tune calls the searcher, then the callback
 

@@ -86,9 +86,32 @@ class TrialSpec:
         d["lr"] = float(d["lr"])
         return cls(**d)
 
-    def settings_key(self) -> dict[str, Any]:
-        """The trial's settings for its hash (``trial_hash``): all but which Optuna trial asked."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "optuna_trial"}
+
+@dataclass(frozen=True)
+class RunKey:
+    """What determines a run's result: the regime, LR, seeds and IMP round asked and the pipeline's
+    settings (not the phase, condition or Optuna trial that asked).  ``hash`` is the one answer to
+    "has this configuration been trained?": for the searcher's repeated suggestions, the trainable's
+    cache of trained results (``result`` artifacts) and the tables' ``trial_hash``."""
+
+    regime: str
+    lr: float
+    seeds: tuple[int, ...]
+    prune_round: int
+    settings: dict[str, Any]
+
+    @classmethod
+    def of(cls, spec: TrialSpec, settings: dict[str, Any]) -> "RunKey":
+        return cls(spec.regime, float(spec.lr), tuple(spec.seeds), spec.prune_round, dict(settings))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"regime": self.regime, "lr": self.lr, "seeds": list(self.seeds), "prune_round": self.prune_round,
+                "settings": self.settings}
+
+    @property
+    def hash(self) -> str:
+        """16 hex digits of the sha256 of the key's canonical JSON."""
+        return records_digest(self.as_dict())[:16]
 
 
 @dataclass(frozen=True)
@@ -273,14 +296,6 @@ def parse_records(text: str | bytes) -> list[TrialRecord]:
         return [TrialRecord.from_json(d) for d in (data if many else [data])]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DamagedRecord(f"not a trial record ({type(e).__name__}: {e})".splitlines()[0]) from e
-
-
-def parse_record(text: str | bytes) -> TrialRecord:
-    """The one record of a driver's copy (``record_text``; see ``parse_records``)."""
-    records = parse_records(text)
-    if len(records) != 1:
-        raise DamagedRecord(f"{len(records)} records where one was written")
-    return records[0]
 
 
 def aside_name(name: str) -> str:

@@ -27,8 +27,8 @@ import torch
 from trainables.artifacts import ArtifactStore
 from trainables.config import PipelineConfig
 from trainables.pipeline import Pipeline
-from trainables.records import (Artifacts, DerivedSeeds, Efficiency, TrialRecord, TrialSpec, parse_records,
-                                records_text)
+from trainables.record_store import RecordStore
+from trainables.records import Artifacts, DerivedSeeds, Efficiency, RunKey, TrialRecord, TrialSpec
 from trainables.regimes import get_regime
 from trainables.stacked import StackedTrainer, stacks
 from trainables.storage import Storage
@@ -37,7 +37,6 @@ from trainables.training import Trainer, TrainState
 CHECKPOINT_FILE = "trial.pt"
 # beside it, written after it: {"file": "trial.pt", "bytes": <its size>, "sha256": <its digest>}
 CHECKPOINT_DIGEST = "trial.pt.sha256.json"
-TRIAL_RECORDS = "trial-records"
 # Every checkpoint costs Ray Tune a forced experiment snapshot on the driver (with num_to_keep set):
 # about 1 s per 20-epoch MNIST-1D trial when taken every epoch.  Checkpoints therefore come every
 # ``checkpoint_every`` epochs, and after any epoch that ends this long after the last checkpoint, so
@@ -66,26 +65,9 @@ class TrialContext:
     def artifact_root(self) -> str:
         return self.shared.join("artifacts")
 
-    def record_location(self, trial_id: str) -> str:
-        """Where the trial leaves its record for the driver (which keeps its own copy in records/:
-        a stale worker of an interrupted run may still write here, never over the driver's)."""
-        return self.shared.join(TRIAL_RECORDS, f"{trial_id}.json")
-
 
 def _device(ctx: TrialContext) -> torch.device:
     return torch.device("cuda" if ctx.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-
-
-def _write_records(ctx: TrialContext, trial_id: str, records: list[TrialRecord]) -> None:
-    """The trial's records, one per seed, in one file (the driver finalises them together), with
-    their sha256 (``trainables.records.records_text``)."""
-    ctx.shared.write_text(ctx.record_location(trial_id), records_text(records))
-
-
-def read_records(text: str | bytes) -> list[TrialRecord]:
-    """The records of a trial's record file (also a file written before digests); a damaged one (not
-    UTF-8 or JSON, not records, or not matching its sha256) raises ``DamagedRecord``."""
-    return parse_records(text)
 
 
 class DamagedCheckpoint(RuntimeError):
@@ -165,12 +147,6 @@ def _mean_metrics(recs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
             **{k: sum(m[k] for m in ms) / len(ms) for k in ("val_acc", "test_acc", "train_loss")}, **extra}
 
 
-def _result_key(spec: TrialSpec, train, record: TrialRecord) -> dict[str, Any]:
-    """What determines a training's result (not the phase, condition or Optuna trial that asked)."""
-    return {"regime": spec.regime, "lr": spec.lr, "seeds": list(spec.seeds), "prune_round": spec.prune_round,
-            "train": train.as_dict(), "start": asdict(record.artifacts), "settings": record.settings}
-
-
 def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
               report=None, checkpoint_dir: str | None = None, scratch: str | None = None) -> list[TrialRecord]:
     """One trial: the regime's start point for each of its seeds, then the sparse networks' training;
@@ -197,101 +173,112 @@ def run_trial(config: dict[str, Any], ctx: TrialContext, trial_id: str,
     store = ArtifactStore(ctx.artifact_root)
     pipe = Pipeline(ctx.pipeline, store, _device(ctx))
     regime = get_regime(spec.regime)
-    seeds, ids = spec.per_seed(), spec.record_ids(trial_id)
-    if len(seeds) > 1 and regime.prepare:  # the seeds' pretraining and IMP together, into the store
+    if len(spec.seeds) > 1 and regime.prepare:  # the seeds' pretraining and IMP together, into the store
         pipe.prepare(spec.lr, list(spec.seeds), ctx.pipeline.pruning.rewind_epoch if regime.rewinds else 0)
-    starts = [regime.make_start(pipe, spec.lr, s.seed, s.prune_round) for s in seeds]
-    records = []
     settings = ctx.pipeline.flat()
-    for rid, one, start in zip(ids, seeds, starts):
-        overall, per_layer = start.sparsity
-        records.append(TrialRecord(
-            study=ctx.study, trial_id=rid, spec=one, settings=settings,
-            seeds=DerivedSeeds(**start.seeds), artifacts=Artifacts(**start.artifacts),
-            efficiency=Efficiency(**start.efficiency), stages=tuple(start.stages), achieved_sparsity=overall,
-            layer_sparsity=per_layer, diverged_stage=start.diverged_stage, started_at=started))
-    trains = [replace(pipe.train_spec(spec.lr, one.seed), **start.train) for one, start in zip(seeds, starts)]
-    keys = [_result_key(one, train, rec) for one, train, rec in zip(seeds, trains, records)]
-    ready = [i for i, start in enumerate(starts) if start.ready]
-
-    def network(i: int):
-        start = starts[i]
-        model = start.model.to(pipe.device) if start.model is not None else pipe.new_model()
-        if start.weights is not None:
-            model.load_state_dict(start.weights)
-        return model
-
-    results, resumed = _train(ctx, store, pipe, network, starts, trains, keys, ids, ready, report, checkpoint_dir,
-                              scratch, trial_id)
+    seeds = [_Seed.begin(ctx.study, rid, one, regime.make_start(pipe, spec.lr, one.seed, one.prune_round), pipe,
+                         settings, started)
+             for rid, one in zip(spec.record_ids(trial_id), spec.per_seed())]
+    _train(ctx, store, pipe, [s for s in seeds if s.start.ready], report, checkpoint_dir, scratch, trial_id)
     finished = time.time()
-    for i, rec in enumerate(records):
-        if i not in results:  # diverged before the sparse network existed: reported as it is
-            last = starts[i].stages[-1].history[-1]
-            records[i] = rec.replace(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
-                                     train_loss=float("nan"), wall_seconds=finished - started, finished_at=finished)
-            continue
-        history = results[i].meta["history"]
-        last = history[-1]
-        records[i] = rec.replace(
-            history=tuple(history), train_epochs=trains[i].epochs, diverged=last["diverged"],
-            diverged_stage="final" if last["diverged"] else None, val_acc=last["val_acc"], test_acc=last["test_acc"],
-            train_loss=last["train_loss"], resumed_from_epoch=resumed.get(i),
-            reused_from=results[i].meta["trial_id"] if results[i].meta["trial_id"] != ids[i] else None,
-            wall_seconds=finished - started, finished_at=finished)
-    _write_records(ctx, trial_id, records)  # the records go out before the last report: then the trial is done
+    records = [s.finish(started, finished) for s in seeds]
+    RecordStore(ctx.shared).write_trial(trial_id, records)  # before the last report: then the trial is done
     if report:
-        lasts = [(results[i].meta["history"] if i in results else starts[i].stages[-1].history)[-1]
-                 for i in range(len(records))]
         sparsity = sum(r.achieved_sparsity or 0.0 for r in records) / len(records)
-        report(_mean_metrics(lasts, sparsity=sparsity, done=True), None)  # a finished trial needs no checkpoint
+        report(_mean_metrics([s.last_epoch() for s in seeds], sparsity=sparsity, done=True), None)  # no checkpoint
     return records
 
 
-def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, network, starts, trains, keys, ids,
-           ready: list[int], report, checkpoint_dir: str | None,
-           scratch: str | None, trial_id: str = "") -> tuple[dict[int, Any], dict[int, int]]:
-    """The trial's trainings (of the seeds ``ready``: with a start point): each seed's ``result``
+@dataclass
+class _Seed:
+    """One seed of a trial: what it was asked (``spec``, one seed), its record's id, its start point,
+    its training and the ``RunKey`` its result is stored under; once trained, the result (an
+    artifact) and the epoch it resumed from, if it did."""
+
+    rid: str
+    spec: TrialSpec
+    start: Any  # trainables.starts.Start
+    train: Any  # trainables.training.TrainSpec
+    key: dict[str, Any]
+    record: TrialRecord
+    result: Any = None
+    resumed: int | None = None
+
+    @classmethod
+    def begin(cls, study: str, rid: str, spec: TrialSpec, start, pipe: Pipeline, settings: dict[str, Any],
+              started: float) -> "_Seed":
+        overall, per_layer = start.sparsity
+        record = TrialRecord(
+            study=study, trial_id=rid, spec=spec, settings=settings, seeds=DerivedSeeds(**start.seeds),
+            artifacts=Artifacts(**start.artifacts), efficiency=Efficiency(**start.efficiency),
+            stages=tuple(start.stages), achieved_sparsity=overall, layer_sparsity=per_layer,
+            diverged_stage=start.diverged_stage, started_at=started)
+        return cls(rid, spec, start, replace(pipe.train_spec(spec.lr, spec.seed), **start.train),
+                   RunKey.of(spec, settings).as_dict(), record)
+
+    def network(self, pipe: Pipeline):
+        model = self.start.model.to(pipe.device) if self.start.model is not None else pipe.new_model()
+        if self.start.weights is not None:
+            model.load_state_dict(self.start.weights)
+        return model
+
+    def last_epoch(self) -> dict[str, Any]:
+        return (self.result.meta["history"] if self.result is not None else self.start.stages[-1].history)[-1]
+
+    def finish(self, started: float, finished: float) -> TrialRecord:
+        """The seed's record, complete."""
+        times = {"wall_seconds": finished - started, "finished_at": finished}
+        if self.result is None:  # diverged before the sparse network existed: reported as it is
+            last = self.last_epoch()
+            return self.record.replace(diverged=True, val_acc=last["val_acc"], test_acc=last["test_acc"],
+                                       train_loss=float("nan"), **times)
+        history, last = self.result.meta["history"], self.last_epoch()
+        return self.record.replace(
+            history=tuple(history), train_epochs=self.train.epochs, diverged=last["diverged"],
+            diverged_stage="final" if last["diverged"] else None, val_acc=last["val_acc"], test_acc=last["test_acc"],
+            train_loss=last["train_loss"], resumed_from_epoch=self.resumed,
+            reused_from=self.result.meta["trial_id"] if self.result.meta["trial_id"] != self.rid else None, **times)
+
+
+def _train(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, ready: list[_Seed], report,
+           checkpoint_dir: str | None, scratch: str | None, trial_id: str = "") -> None:
+    """The trainings of the seeds ``ready`` (those with a start point): each seed's ``result``
     artifact found, or trained.  Several seeds train as one stacked network where they can and it
     pays (``trainables.stacked.stacks``; reporting the mean every epoch, no checkpoints), else one
     after another, each checkpointed and stored when done, so an interrupted trial resumes at the
     seed it was training (its checkpoint checked first: a damaged one is not trained from, see
-    ``_resume_point``).  Returns ({seed index: result}, {seed index: the epoch it resumed from})."""
-    results = {i: found for i in ready if (found := store.find("result", keys[i])) is not None}
-    todo = [i for i in ready if i not in results]
-    models = {i: network(i) for i in todo}
-    if stacks(list(models.values()), [trains[i] for i in todo]):
-        trainer = StackedTrainer(list(models.values()), pipe.splits, [trains[i] for i in todo],
-                                 [starts[i].masks for i in todo])
+    ``_resume_point``).  Sets each seed's ``result`` (and ``resumed``)."""
+    for seed in ready:
+        seed.result = store.find("result", seed.key)
+    todo = [seed for seed in ready if seed.result is None]
+    models = [seed.network(pipe) for seed in todo]
+    if stacks(models, [seed.train for seed in todo]):
+        trainer = StackedTrainer(models, pipe.splits, [seed.train for seed in todo], [seed.start.masks for seed in todo])
         histories = trainer.run(on_epoch=(lambda recs: report(_mean_metrics(recs, done=False), None)) if report else None)
-        for i, history in zip(todo, histories):
-            results[i] = store.get_or_create("result", keys[i], lambda tmp, h=history, rid=ids[i]: {
+        for seed, history in zip(todo, histories):
+            seed.result = store.get_or_create("result", seed.key, lambda tmp, h=history, rid=seed.rid: {
                 "history": h, "trial_id": rid})
-        return results, {}
-    saved = _resume_point(checkpoint_dir, pipe.device, trial_id or ids[0]) if todo else None
-    resumed: dict[int, int] = {}
-    for i in todo:
-        mine = saved if saved is not None and saved.get("record") == ids[i] else None  # the seed it was training
-        results[i], epoch = _train_alone(ctx, store, pipe, models[i], starts[i].masks, trains[i], keys[i], ids[i],
-                                         report, mine, scratch)
-        if epoch is not None:
-            resumed[i] = epoch
-    return results, resumed
+        return
+    saved = _resume_point(checkpoint_dir, pipe.device, trial_id or ready[0].rid) if todo else None
+    for seed, model in zip(todo, models):
+        mine = saved if saved is not None and saved.get("record") == seed.rid else None  # the seed it was training
+        _train_alone(ctx, store, pipe, seed, model, report, mine, scratch)
 
 
-def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, model, masks, train, key, rid: str,
-                 report, saved: dict[str, Any] | None, scratch: str | None) -> tuple[Any, int | None]:
+def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, seed: _Seed, model, report,
+                 saved: dict[str, Any] | None, scratch: str | None) -> None:
     """One seed's training as a ``result`` artifact, reporting every epoch but the last (the trial's
     final report follows its record), checkpointed (the checkpoint names the seed's record), resumed
-    from ``saved`` (its checkpoint) when given; returns (the result, the epoch it resumed from or None)."""
-    resumed: list[int] = []
+    from ``saved`` (its checkpoint) when given; sets the seed's result and the epoch it resumed from."""
+    train, rid = seed.train, seed.rid
 
     def compute(tmp) -> dict[str, Any]:
-        trainer = Trainer(model, pipe.splits, train, masks)
+        trainer = Trainer(model, pipe.splits, train, seed.start.masks)
         history: list[dict[str, Any]] = []
         if saved is not None:  # resume: weights, optimiser, schedule position, history
             trainer.load_state(TrainState(**saved["state"]))
             history = saved["history"]
-            resumed.append(trainer.epoch)
+            seed.resumed = trainer.epoch
         last_checkpoint = time.monotonic()
         while True:  # a checkpoint is never taken at the last epoch, so a resumed trial has epochs left
             rec = trainer.run_epoch()
@@ -307,8 +294,7 @@ def _train_alone(ctx: TrialContext, store: ArtifactStore, pipe: Pipeline, model,
                 with tempfile.TemporaryDirectory(prefix="ckpt-", dir=scratch) as ckpt:
                     write_checkpoint(ckpt, {"state": asdict(trainer.state()), "history": history, "record": rid})
                     report(_metrics(rec, done=False), ckpt)
-    result = store.get_or_create("result", key, compute)
-    return result, (resumed[0] if resumed else None)
+    seed.result = store.get_or_create("result", seed.key, compute)
 
 
 def regime_trial(config: dict[str, Any], ctx: TrialContext) -> None:
