@@ -13,6 +13,7 @@ import base64
 import html
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -283,18 +284,44 @@ def _efficiency_blocks(eff: pd.DataFrame) -> list:
              rows)]
 
 
-def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
-                 contrasts: list[tuple[str, str]] | None = None, study_kind: str | None = None) -> dict:
-    """Rebuild ``<study>/report/``; return {"markdown", "html", "figures", "skipped", "verdicts",
-    "verdict_lines", "candidates", "summary", "search", "efficiency", "study_kind", "contrasts", "missing_contrasts"}.
-    ``contrasts`` and ``study_kind`` default to the study's ``study.json`` (``analysis.design``).
-    Raises ReportError on bad input, before writing anything."""
+@dataclass(frozen=True)
+class Report:
+    """What ``build_report`` wrote and found: the report's files, its figures (and those skipped,
+    with why), the comparisons (``verdicts``) and their verdict lines, the candidates, the confirmed
+    summary, the search's best per regime, the efficiency table, the study's kind and contrasts (and
+    those with a regime missing)."""
+
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    skipped: dict[str, str]
+    verdicts: pd.DataFrame
+    verdict_lines: list[str]
+    candidates: pd.DataFrame
+    summary: pd.DataFrame
+    search: pd.DataFrame
+    efficiency: pd.DataFrame
+    study_kind: str
+    contrasts: list[tuple[str, str]]
+    missing_contrasts: list[tuple[str, str]]
+
+
+def _margin(margin_points) -> float:
     try:
-        margin_points = float(margin_points)
+        margin = float(margin_points)
     except (TypeError, ValueError):
         raise ReportError(f"--equivalence-margin must be a number of accuracy points > 0, got {margin_points!r}")
-    if not math.isfinite(margin_points) or margin_points <= 0:
-        raise ReportError(f"--equivalence-margin must be a number of accuracy points > 0, got {margin_points}")
+    if not math.isfinite(margin) or margin <= 0:
+        raise ReportError(f"--equivalence-margin must be a number of accuracy points > 0, got {margin}")
+    return margin
+
+
+def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
+                 contrasts: list[tuple[str, str]] | None = None, study_kind: str | None = None) -> Report:
+    """Rebuild ``<study>/report/`` (report.md, report.html, figures/); return what it holds.
+    ``contrasts`` and ``study_kind`` default to the study's ``study.json`` (``analysis.design``).
+    Raises ReportError on bad input, before writing anything."""
+    margin_points = _margin(margin_points)
     study, trials, epochs = read_inputs(study_dir)
     try:
         kind = design.study_kind(study) if study_kind is None else study_kind
@@ -303,8 +330,7 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
     except ValueError as e:
         raise ReportError(str(e)) from None
     name = next(iter(trials["study"].dropna()), None) if "study" in trials else None
-    name = name or study.name
-    title = f"{TITLES.get(kind, 'Pruning study report')}: {name}"
+    title = f"{TITLES.get(kind, 'Pruning study report')}: {name or study.name}"
 
     confirm = confirm_rows(trials)
     summary = summarize(confirm) if len(confirm) else pd.DataFrame()
@@ -324,75 +350,11 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
             for ext in ("png", "svg"):
                 (fig_dir / f"{stale}.{ext}").unlink(missing_ok=True)
 
-    blocks: list = [("h1", title), ("h2", "Verdicts")]
-    not_compared = (f"Not compared, a regime of the contrast has no confirmation runs: {_pairs(missing)}."
-                    if missing else None)
-    if lines:
-        blocks += [("p", _verdict_intro(kind, pairs, margin_points)), ("ul", lines)]
-        if not_compared:
-            blocks.append(("p", not_compared))
-    elif len(confirm):
-        if not pairs:
-            why = "this study declares no contrasts"
-        elif len(pairs) == 1 and missing:
-            why = f"the confirmation runs lack {figures.label(pairs[0][0])} or {figures.label(pairs[0][1])}"
-        elif len(missing) == len(pairs):
-            why = f"the confirmation runs lack a regime of every contrast ({_pairs(pairs)})"
-        else:
-            why = f"no condition of the confirmation runs has both regimes of a contrast ({_pairs(pairs)})"
-        blocks.append(("p", f"No verdict: {why} (margin ±{margin_points:g} points)."))
-    else:
-        blocks.append(("p", f"No verdict yet: this study has no confirmation runs, only the LR search "
-                            f"(margin would be ±{margin_points:g} points)."))
-    if len(summary):
-        blocks += [("h2", "Confirmed test accuracy"),
-                   ("table", ["condition", "regime", "LR", "n", "mean", "sd", "95% CI"],
-                    [[r["condition"], r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["mean"]), _num(r["sd"]),
-                      _ci(r["low"], r["high"])] for _, r in summary.iterrows()])]
-    if len(cand):
-        blocks += [("h2", "Tuned LR: the candidates on the fresh seeds"),
-                   ("p", "Each regime's best search LRs, each trained on the fresh seeds; the tuned LR (picked) "
-                         "is the one of highest mean validation accuracy, and its test accuracy is what the "
-                         "verdicts compare. 'Picked in resamples' is how often each candidate would have been "
-                         f"picked on {BOOTSTRAP} bootstrap resamples of the seeds: the chance in the choice, which "
-                         "the tuned comparison's interval carries (the verdict line's shares come from that "
-                         "comparison's own resamples of both regimes' seeds, and may differ by a point). A candidate whose validation accuracy fell "
-                         "clearly below its regime's best at a look took no more seeds (dropped). Overlapping "
-                         "intervals mean a flat top: the choice among them matters little."),
-                   ("table", ["regime", "LR", "seeds", "val acc (mean)", "95% CI", "test acc (mean)", "95% CI",
-                              "picked in resamples", "picked"],
-                    [[r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["val_mean"]), _ci(r["val_low"], r["val_high"]),
-                      _num(r["test_mean"]), _ci(r["test_low"], r["test_high"]), _share(r),
-                      "yes" if r["picked"] else ""] for _, r in cand.iterrows()])]
-    if len(comp):
-        blocks += [("h2", "Comparison (first regime minus second, test accuracy points)"),
-                   ("p", "Sequential: after each look a comparison is decided when its tests pass the look's "
-                         "thresholds (alpha spent over the looks, so the error rates hold whatever look it stops "
-                         "at); its interval is a 95% repeated confidence interval, the tuned one with the choice "
-                         "of LR in it. An undecided comparison at the last look is inconclusive."
-                    if len(comp) and int(comp["looks"].max()) > 1 else
-                    "One look (the fixed design): thresholds p<0.05 for a difference and for TOST."),
-                   ("table", ["condition", "regimes", "LRs", "n", "paired", "diff (points)", "95% CI (points)",
-                              "p (difference)", "p (equivalence)", "look", "thresholds (diff / TOST)",
-                              "margin (points)", "verdict"],
-                    [[r["condition"], f"{r['a']} - {r['b']}", f"{_lr(r['lr_a'])} / {_lr(r['lr_b'])}",
-                      f"{_int(r['n_a'])} / {_int(r['n_b'])}", "yes" if r["paired"] else "no", _pts(r["diff"]),
-                      _ci(r["low"], r["high"], _pts), _p(r["p_difference"]), _p(r["p_equivalence"]),
-                      f"{int(r['look'])} of {int(r['looks'])}" + (" (open)" if r["state"] == "open" else ""),
-                      f"{_num(r['level_difference'], '.3g')} / {_num(r['level_equivalence'], '.3g')}",
-                      f"±{margin_points:g}", r["verdict"]] for _, r in comp.iterrows()])]
-    blocks += _efficiency_blocks(eff)
-    blocks += [("h2", "LR search (one seed per LR; best LR chosen on validation accuracy)")]
-    if len(search):
-        blocks.append(("table", ["regime", "trials", "completed", "distinct LRs", "diverged", "best LR", "val acc",
-                                 "test acc"],
-                       [[r["regime"], int(r["trials"]), int(r["completed"]), int(r["lrs"]), int(r["diverged"]),
-                         _lr(r["best_lr"]),
-                         _num(r["best_val_acc"]), _num(r["test_acc"])] for _, r in search.iterrows()]))
-    else:
-        blocks.append(("p", "No search trials in this study."))
-    blocks.append(("h2", "Figures"))
-    blocks += [("fig", f) for f in figures.FIGURES if f not in skipped]
+    blocks: list = [("h1", title), ("h2", "Verdicts"),
+                    *_verdict_blocks(lines, len(confirm), pairs, missing, kind, margin_points),
+                    *_summary_blocks(summary), *_candidate_blocks(cand), *_comparison_blocks(comp, margin_points),
+                    *_efficiency_blocks(eff), *_search_blocks(search), ("h2", "Figures"),
+                    *(("fig", f) for f in figures.FIGURES if f not in skipped)]
     if skipped:
         blocks.append(("ul", [f"{f}: skipped ({why})" for f, why in skipped.items()]))
     blocks += [
@@ -405,9 +367,86 @@ def build_report(study_dir, margin_points: float = DEFAULT_MARGIN_POINTS,
     md_path, html_path = out / "report.md", out / "report.html"
     _write(md_path, _md(blocks, kind))
     _write(html_path, _html(blocks, title, fig_dir, kind))
-    return {"markdown": md_path, "html": html_path, "figures": paths, "skipped": skipped, "verdicts": comp,
-            "verdict_lines": lines, "candidates": cand, "summary": summary, "search": search, "efficiency": eff, "study_kind": kind,
-            "contrasts": pairs, "missing_contrasts": missing}
+    return Report(md_path, html_path, paths, skipped, comp, lines, cand, summary, search, eff, kind, pairs, missing)
+
+
+def _verdict_blocks(lines: list[str], confirmed: int, pairs, missing, kind: str, margin_points: float) -> list:
+    """The verdicts, or why there are none."""
+    if lines:
+        return [("p", _verdict_intro(kind, pairs, margin_points)), ("ul", lines),
+                *([("p", f"Not compared, a regime of the contrast has no confirmation runs: {_pairs(missing)}.")]
+                  if missing else [])]
+    if not confirmed:
+        return [("p", f"No verdict yet: this study has no confirmation runs, only the LR search "
+                      f"(margin would be ±{margin_points:g} points).")]
+    if not pairs:
+        why = "this study declares no contrasts"
+    elif len(pairs) == 1 and missing:
+        why = f"the confirmation runs lack {figures.label(pairs[0][0])} or {figures.label(pairs[0][1])}"
+    elif len(missing) == len(pairs):
+        why = f"the confirmation runs lack a regime of every contrast ({_pairs(pairs)})"
+    else:
+        why = f"no condition of the confirmation runs has both regimes of a contrast ({_pairs(pairs)})"
+    return [("p", f"No verdict: {why} (margin ±{margin_points:g} points).")]
+
+
+def _summary_blocks(summary: pd.DataFrame) -> list:
+    if not len(summary):
+        return []
+    return [("h2", "Confirmed test accuracy"),
+            ("table", ["condition", "regime", "LR", "n", "mean", "sd", "95% CI"],
+             [[r["condition"], r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["mean"]), _num(r["sd"]),
+               _ci(r["low"], r["high"])] for _, r in summary.iterrows()])]
+
+
+def _candidate_blocks(cand: pd.DataFrame) -> list:
+    if not len(cand):
+        return []
+    return [("h2", "Tuned LR: the candidates on the fresh seeds"),
+            ("p", "Each regime's best search LRs, each trained on the fresh seeds; the tuned LR (picked) "
+                  "is the one of highest mean validation accuracy, and its test accuracy is what the "
+                  "verdicts compare. 'Picked in resamples' is how often each candidate would have been "
+                  f"picked on {BOOTSTRAP} bootstrap resamples of the seeds: the chance in the choice, which "
+                  "the tuned comparison's interval carries (the verdict line's shares come from that "
+                  "comparison's own resamples of both regimes' seeds, and may differ by a point). A candidate whose validation accuracy fell "
+                  "clearly below its regime's best at a look took no more seeds (dropped). Overlapping "
+                  "intervals mean a flat top: the choice among them matters little."),
+            ("table", ["regime", "LR", "seeds", "val acc (mean)", "95% CI", "test acc (mean)", "95% CI",
+                       "picked in resamples", "picked"],
+             [[r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["val_mean"]), _ci(r["val_low"], r["val_high"]),
+               _num(r["test_mean"]), _ci(r["test_low"], r["test_high"]), _share(r),
+               "yes" if r["picked"] else ""] for _, r in cand.iterrows()])]
+
+
+def _comparison_blocks(comp: pd.DataFrame, margin_points: float) -> list:
+    if not len(comp):
+        return []
+    return [("h2", "Comparison (first regime minus second, test accuracy points)"),
+            ("p", "Sequential: after each look a comparison is decided when its tests pass the look's "
+                  "thresholds (alpha spent over the looks, so the error rates hold whatever look it stops "
+                  "at); its interval is a 95% repeated confidence interval, the tuned one with the choice "
+                  "of LR in it. An undecided comparison at the last look is inconclusive."
+             if int(comp["looks"].max()) > 1 else
+             "One look (the fixed design): thresholds p<0.05 for a difference and for TOST."),
+            ("table", ["condition", "regimes", "LRs", "n", "paired", "diff (points)", "95% CI (points)",
+                       "p (difference)", "p (equivalence)", "look", "thresholds (diff / TOST)",
+                       "margin (points)", "verdict"],
+             [[r["condition"], f"{r['a']} - {r['b']}", f"{_lr(r['lr_a'])} / {_lr(r['lr_b'])}",
+               f"{_int(r['n_a'])} / {_int(r['n_b'])}", "yes" if r["paired"] else "no", _pts(r["diff"]),
+               _ci(r["low"], r["high"], _pts), _p(r["p_difference"]), _p(r["p_equivalence"]),
+               f"{int(r['look'])} of {int(r['looks'])}" + (" (open)" if r["state"] == "open" else ""),
+               f"{_num(r['level_difference'], '.3g')} / {_num(r['level_equivalence'], '.3g')}",
+               f"±{margin_points:g}", r["verdict"]] for _, r in comp.iterrows()])]
+
+
+def _search_blocks(search: pd.DataFrame) -> list:
+    head = ("h2", "LR search (one seed per LR; best LR chosen on validation accuracy)")
+    if not len(search):
+        return [head, ("p", "No search trials in this study.")]
+    return [head, ("table", ["regime", "trials", "completed", "distinct LRs", "diverged", "best LR", "val acc",
+                             "test acc"],
+                   [[r["regime"], int(r["trials"]), int(r["completed"]), int(r["lrs"]), int(r["diverged"]),
+                     _lr(r["best_lr"]), _num(r["best_val_acc"]), _num(r["test_acc"])] for _, r in search.iterrows()])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,13 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
-    for line in res["verdict_lines"] or ["no verdict: no confirmation runs"]:
+    for line in res.verdict_lines or ["no verdict: no confirmation runs"]:
         print(line)
-    for a, b in res["missing_contrasts"]:
+    for a, b in res.missing_contrasts:
         print(f"contrast {design.pair_label(a, b)} not compared: a regime has no confirmation runs")
-    for f, why in res["skipped"].items():
+    for f, why in res.skipped.items():
         print(f"figure {f} skipped: {why}")
-    print(f"report: {res['markdown']}\nreport: {res['html']}")
+    print(f"report: {res.markdown}\nreport: {res.html}")
     return 0
 
 

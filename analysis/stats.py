@@ -135,14 +135,7 @@ def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
         raise ValueError(f"margin_points must be > 0 (got {margin_points})")
     margin = margin_points / 100
     level_diff, level_eq = levels or (alpha, alpha)
-    if paired:
-        xa, xb = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-        if len(xa) != len(xb):
-            raise ValueError(f"paired samples need equal lengths (got {len(xa)} and {len(xb)})")
-        keep = ~(np.isnan(xa) | np.isnan(xb))
-        xa, xb = xa[keep], xb[keep]
-    else:
-        xa, xb = _finite(a), _finite(b)
+    xa, xb = _samples(a, b, paired)
     n_a, n_b = len(xa), len(xb)
     diff = float(xa.mean() - xb.mean()) if n_a and n_b else math.nan
 
@@ -153,33 +146,11 @@ def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
         return Comparison(n_a, n_b, paired, diff, math.nan, math.nan, math.nan, math.nan, margin,
                           "inconclusive", sentence)
 
-    if paired:
-        d = xa - xb
-        df = n_a - 1
-        own = float(d.std(ddof=1)) / math.sqrt(n_a)
-        given = se is not None and se > own  # the choice-carrying standard error (never below the plain one)
-        se = float(se) if given else own
-    else:
-        va, vb = xa.var(ddof=1) / n_a, xb.var(ddof=1) / n_b
-        se, given = float(math.sqrt(va + vb)), False
-        # Welch-Satterthwaite degrees of freedom (the CI is built by hand so that it also works with
-        # scipy < 1.11, whose ttest_ind result has no confidence_interval()).
-        df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else math.inf
+    se, given, df = _standard_error(xa, xb, paired, se)
     low, high = _t_interval(diff, se, df, 1 - level_diff)
-
     if se <= _ZERO_SE:  # t statistics undefined: the difference is known exactly
         low = high = diff
-        p_diff = 1.0 if abs(diff) <= _ZERO_SE else 0.0  # tolerate rounding in the means
-        p_eq = 0.0 if abs(diff) < margin else 1.0
-    elif given:  # the t tests on the given standard error (statsmodels' TOST computes its own)
-        p_diff = float(2 * stats.t.sf(abs(diff) / se, df))
-        p_eq = float(max(stats.t.sf((diff + margin) / se, df), stats.t.sf((margin - diff) / se, df)))
-    elif paired:
-        p_diff = float(stats.ttest_rel(xa, xb).pvalue)
-        p_eq = float(ttost_paired(xa, xb, -margin, margin)[0])
-    else:
-        p_diff = float(stats.ttest_ind(xa, xb, equal_var=False).pvalue)
-        p_eq = float(ttost_ind(xa, xb, -margin, margin, usevar="unequal")[0])
+    p_diff, p_eq = _p_values(xa, xb, diff, se, df, given, paired, margin)
 
     if p_eq < level_eq:
         verdict = "no meaningful difference"
@@ -191,6 +162,47 @@ def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
     detectable, half, reach = _reach(se, df, n_a, n_b, paired, low, high, margin, level_diff)
     return Comparison(n_a, n_b, paired, diff, low, high, p_diff, p_eq, margin, verdict, sentence,
                       detectable, half, reach)
+
+
+def _samples(a: Iterable[float], b: Iterable[float], paired: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The two samples without NaNs: paired, a pair with a NaN dropped (equal lengths required)."""
+    if not paired:
+        return _finite(a), _finite(b)
+    xa, xb = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if len(xa) != len(xb):
+        raise ValueError(f"paired samples need equal lengths (got {len(xa)} and {len(xb)})")
+    keep = ~(np.isnan(xa) | np.isnan(xb))
+    return xa[keep], xb[keep]
+
+
+def _standard_error(xa: np.ndarray, xb: np.ndarray, paired: bool, se: float | None) -> tuple[float, bool, float]:
+    """(the difference's standard error, whether it is the given ``se``, the degrees of freedom)."""
+    n_a, n_b = len(xa), len(xb)
+    if paired:
+        own = float((xa - xb).std(ddof=1)) / math.sqrt(n_a)
+        given = se is not None and se > own  # the choice-carrying standard error (never below the plain one)
+        return (float(se) if given else own), given, n_a - 1
+    va, vb = xa.var(ddof=1) / n_a, xb.var(ddof=1) / n_b
+    se = float(math.sqrt(va + vb))
+    # Welch-Satterthwaite degrees of freedom (the CI is built by hand so that it also works with
+    # scipy < 1.11, whose ttest_ind result has no confidence_interval()).
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else math.inf
+    return se, False, df
+
+
+def _p_values(xa: np.ndarray, xb: np.ndarray, diff: float, se: float, df: float, given: bool, paired: bool,
+              margin: float) -> tuple[float, float]:
+    """(the difference test's p, TOST's p)."""
+    if se <= _ZERO_SE:  # t statistics undefined: the difference is known exactly
+        return (1.0 if abs(diff) <= _ZERO_SE else 0.0,  # tolerate rounding in the means
+                0.0 if abs(diff) < margin else 1.0)
+    if given:  # the t tests on the given standard error (statsmodels' TOST computes its own)
+        return (float(2 * stats.t.sf(abs(diff) / se, df)),
+                float(max(stats.t.sf((diff + margin) / se, df), stats.t.sf((margin - diff) / se, df))))
+    if paired:
+        return float(stats.ttest_rel(xa, xb).pvalue), float(ttost_paired(xa, xb, -margin, margin)[0])
+    return (float(stats.ttest_ind(xa, xb, equal_var=False).pvalue),
+            float(ttost_ind(xa, xb, -margin, margin, usevar="unequal")[0]))
 
 
 @lru_cache(maxsize=1024)

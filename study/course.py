@@ -198,99 +198,13 @@ def _run_study(cfg: StudyConfig, search: bool) -> int:
 
 
 def _run_held(cfg: StudyConfig, search: bool, t0: float) -> int:
-    """The study, once this driver holds it."""
-    x, s = cfg.execution, cfg.search
-    resume = x.resume
-    study_dir = cfg.study_dir
-    if resume:
-        study_hash = json.loads((study_dir / "study.json").read_text())["study_hash"]
-        print(f"Study {x.name}: resuming in {study_dir}", flush=True)
-    elif search:
-        study_hash = cfg.study_hash()
-        write_study_json(cfg, study_hash)
-        own = {r: s.space(r) for r in cfg.regimes if get_regime(r).lr_range}  # regimes with a range of their own
-        print(f"Study {x.name}: regimes {', '.join(cfg.regimes)}, {s.num_samples} trials each, "
-              f"LR {s.lr_min:g}..{s.lr_max:g}"
-              + "".join(f" ({r}: {sp.lr_min:g}..{sp.lr_max:g})" for r, sp in own.items())
-              + (f" on {s.lr_grid} points per decade" if s.lr_grid else " (continuous)")
-              + f"\nfolder {study_dir}", flush=True)
-    else:
-        study_hash = json.loads((study_dir / "study.json").read_text())["study_hash"]
-        print(f"Study {x.name}: confirmation of the finished search in {study_dir}", flush=True)
-
-    from trainables.data import load_splits
-    d = cfg.data
-    load_splits(d.dataset, d.data_dir, d.data_seed, d.val_fraction, d.data_seed)  # generate/cache once, here
-
-    uri = x.mlflow_uri or f"sqlite:///{study_dir / 'mlflow.db'}"
-
-    def open_tracking():
-        from study.tracking import MlflowTracker
-        tracker = MlflowTracker(uri, x.name, study_dir / "mlartifacts")
-        tracker.start_parent(x.name, {**cfg.results_settings(), "study_hash": study_hash})
-        return tracker
-
-    import ray
-
-    from study.runtime import DRIVER_LOG, ray_output_to, start_ray
-    # MLflow's import and its database's schema set-up (about 3 s) run while Ray starts its processes
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        tracking = pool.submit(open_tracking)
-        resources = start_ray(x.address, x.num_cpus)
-        ray_logs = ray_output_to(study_dir / DRIVER_LOG)  # the screen gets one line per failed trial
-        try:
-            tracker = tracking.result()
-        except BaseException:
-            ray.shutdown()
-            ray_logs()
-            raise
-    print(f"MLflow: {uri} (experiment {x.name})", flush=True)
-
-    from study.callbacks import DeterministicFailure, Progress, StudyCallback
-    from trainables.trainable import TrialContext
-
-    concurrency, source = max_concurrent(cfg)
-    print(f"Ray: {'joined ' + x.address if x.address else 'local runtime'} with {resources.get('CPU', 0):g} CPUs, "
-          f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once ({source})", flush=True)
-    ctx = TrialContext(x.name, str(study_dir), cfg.pipeline, x.cpus_per_trial, x.gpus_per_trial,
-                       x.checkpoint_every, cfg.shared_root, x.plugins)
-    settings = cfg.pipeline.flat()
-
-    def callback(progress: Progress) -> StudyCallback:
-        return StudyCallback(x.name, study_dir, study_hash, tracker, progress, settings, ctx.shared)
+    """The study, once this driver holds it: announced, its runtime opened (MLflow, Ray), its phases
+    run (search, confirmation), then finalised and summed up."""
+    from study.callbacks import DeterministicFailure
+    driver = _Driver.open(cfg, _announce(cfg, search), t0)
     status, failure, wall = "FAILED", None, None
-    if resume:
-        caught = callback(Progress({})).catch_up()
-        if caught:
-            print(f"{caught} finished trials recorded that the interrupted run had not", flush=True)
     try:
-        if search:
-            runs = s.num_samples * s.search_seeds  # records: one per trial and seed
-            progress = Progress({r: runs for r in cfg.regimes})
-            cb = callback(progress)
-            done = {r: cb.finished_count(r) for r in cfg.regimes}
-            todo = [r for r in cfg.regimes if done[r] < runs]
-            if not todo:
-                print(f"--- search: all {s.num_samples} trials of every regime done before", flush=True)
-            else:
-                print(f"--- search: {', '.join(todo)} side by side, {s.num_samples} trials each"
-                      + (f" of {s.search_seeds} seeds" if s.search_seeds > 1 else "")
-                      + f", {search_batch(concurrency, len(todo))} at a time each"
-                      + "".join(f"; {r}: {done[r]} runs done before" for r in todo if done[r]), flush=True)
-                run_search(cfg, todo, ctx, cb, concurrency, resume)
-                cb.tables.flush()
-                if cb.failure:
-                    raise DeterministicFailure(cb.failure)
-                if any(cb.finished_count(r) < runs for r in todo):  # Tune stops gracefully on Ctrl-C
-                    raise KeyboardInterrupt
-            for regime in cfg.regimes:
-                # also when every trial was done before: the last may have finished while the driver
-                # was down, its Optuna trial still RUNNING
-                close_orphans_of(cfg, regime)
-        if cfg.confirmation.confirm:  # the callbacks keep the tables current: best LRs come from them
-            if not run_confirmation(cfg, ctx, callback, concurrency, resume=resume):
-                raise KeyboardInterrupt
-        status = "FINISHED"
+        status = _run_phases(cfg, driver, search)
     except DeterministicFailure as e:
         failure = str(e)
     except KeyboardInterrupt:
@@ -302,35 +216,158 @@ def _run_held(cfg: StudyConfig, search: bool, t0: float) -> int:
             raise
         wall = storage_failure(e)
     finally:
-        ray.shutdown()
-        ray_logs()
+        driver.close()
         if wall is None:  # with a full disk the finalisation would only run into it again
             try:
                 # a driver's record copy found damaged on the way (set aside, its trial not done) is
                 # recorded again from the trial's own copy
-                callback(Progress({})).catch_up()
-                summary, report = _finalise(cfg, tracker, status, t0)
+                driver.callback().catch_up()
+                summary, report = _finalise(cfg, driver.tracker, status, t0)
             except Exception as e:  # noqa: BLE001
                 if storage_failure(e) is None:
                     raise
                 wall = storage_failure(e)
     if wall is not None:
         return _stopped_by(cfg, wall)
-    print(summary)
-    from trainables.artifacts import ArtifactStore  # the trials' own lines reach only Ray's logs
-    for name in ArtifactStore(ctx.artifact_root).damaged_since(t0):
-        print(f"artifact {name.rsplit('-', 2)[0]} was found damaged and computed again (kept in "
-              f"artifacts/damaged/{name})")
-    log = study_dir / DRIVER_LOG
-    print(f"\nResults: {study_dir / 'results'}  |  report: {report['html']}"
-          + (f"  |  Ray's log: {log}" if log.exists() and log.stat().st_size else "")
-          + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
-             f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"
-             if not x.mlflow_uri else f"\nMLflow: {uri} (experiment {x.name})"))
+    _sum_up(cfg, driver, summary, report, t0)
     if failure:
         print(f"error: the study stopped: {failure}", file=sys.stderr)
         return 1
     return 0 if status == "FINISHED" else 130
+
+
+def _announce(cfg: StudyConfig, search: bool) -> str:
+    """The study's first line (and its study.json, when new); returns its hash."""
+    x, s, study_dir = cfg.execution, cfg.search, cfg.study_dir
+    if x.resume or not search:
+        print(f"Study {x.name}: " + ("resuming in " if x.resume else "confirmation of the finished search in ")
+              + str(study_dir), flush=True)
+        return json.loads((study_dir / "study.json").read_text())["study_hash"]
+    study_hash = cfg.study_hash()
+    write_study_json(cfg, study_hash)
+    own = {r: s.space(r) for r in cfg.regimes if get_regime(r).lr_range}  # regimes with a range of their own
+    print(f"Study {x.name}: regimes {', '.join(cfg.regimes)}, {s.num_samples} trials each, "
+          f"LR {s.lr_min:g}..{s.lr_max:g}"
+          + "".join(f" ({r}: {sp.lr_min:g}..{sp.lr_max:g})" for r, sp in own.items())
+          + (f" on {s.lr_grid} points per decade" if s.lr_grid else " (continuous)")
+          + f"\nfolder {study_dir}", flush=True)
+    return study_hash
+
+
+class _Driver:
+    """What the study's phases run on: the MLflow tracker, Ray (up to ``concurrency`` trials at
+    once), the trials' context, and a ``StudyCallback`` for each phase (``callback``)."""
+
+    def __init__(self, cfg: StudyConfig, study_hash: str, tracker, ctx, concurrency: int, restore_logs):
+        self.cfg, self.study_hash, self.tracker, self.ctx = cfg, study_hash, tracker, ctx
+        self.concurrency, self._restore_logs = concurrency, restore_logs
+
+    @classmethod
+    def open(cls, cfg: StudyConfig, study_hash: str, t0: float) -> "_Driver":
+        """The data cached, then MLflow and Ray started side by side; their lines printed."""
+        import ray
+
+        from study.runtime import DRIVER_LOG, ray_output_to, start_ray
+        from study.tracking import MlflowTracker
+        from trainables.data import load_splits
+        from trainables.trainable import TrialContext
+        x, d, study_dir = cfg.execution, cfg.data, cfg.study_dir
+        load_splits(d.dataset, d.data_dir, d.data_seed, d.val_fraction, d.data_seed)  # generate/cache once, here
+        uri = x.mlflow_uri or f"sqlite:///{study_dir / 'mlflow.db'}"
+
+        def open_tracking():
+            tracker = MlflowTracker(uri, x.name, study_dir / "mlartifacts")
+            tracker.start_parent(x.name, {**cfg.results_settings(), "study_hash": study_hash})
+            return tracker
+        # MLflow's import and its database's schema set-up (about 3 s) run while Ray starts its processes
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tracking = pool.submit(open_tracking)
+            resources = start_ray(x.address, x.num_cpus)
+            restore_logs = ray_output_to(study_dir / DRIVER_LOG)  # the screen gets one line per failed trial
+            try:
+                tracker = tracking.result()
+            except BaseException:
+                ray.shutdown()
+                restore_logs()
+                raise
+        print(f"MLflow: {uri} (experiment {x.name})", flush=True)
+        concurrency, source = max_concurrent(cfg)
+        print(f"Ray: {'joined ' + x.address if x.address else 'local runtime'} with {resources.get('CPU', 0):g} CPUs, "
+              f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once ({source})", flush=True)
+        ctx = TrialContext(x.name, str(study_dir), cfg.pipeline, x.cpus_per_trial, x.gpus_per_trial,
+                           x.checkpoint_every, cfg.shared_root, x.plugins)
+        return cls(cfg, study_hash, tracker, ctx, concurrency, restore_logs)
+
+    def callback(self, progress=None):
+        from study.callbacks import Progress, StudyCallback
+        return StudyCallback(self.cfg.execution.name, self.cfg.study_dir, self.study_hash, self.tracker,
+                             progress or Progress({}), self.cfg.pipeline.flat(), self.ctx.shared)
+
+    def close(self) -> None:
+        import ray
+        ray.shutdown()
+        self._restore_logs()
+
+
+def _run_phases(cfg: StudyConfig, driver: _Driver, search: bool) -> str:
+    """Records left by an interrupted run, the search (unless ``search`` is False), the confirmation
+    (unless --no-confirm); "FINISHED", or raises (KeyboardInterrupt when stopped, as Tune is on
+    Ctrl-C; DeterministicFailure)."""
+    resume = cfg.execution.resume
+    if resume:
+        caught = driver.callback().catch_up()
+        if caught:
+            print(f"{caught} finished trials recorded that the interrupted run had not", flush=True)
+    if search:
+        _search_phase(cfg, driver, resume)
+    if cfg.confirmation.confirm:  # the callbacks keep the tables current: best LRs come from them
+        if not run_confirmation(cfg, driver.ctx, driver.callback, driver.concurrency, resume=resume):
+            raise KeyboardInterrupt
+    return "FINISHED"
+
+
+def _search_phase(cfg: StudyConfig, driver: _Driver, resume: bool) -> None:
+    """The regimes' searches, those not done before, side by side; then their Optuna trials settled."""
+    from study.callbacks import DeterministicFailure, Progress
+    s = cfg.search
+    runs = s.num_samples * s.search_seeds  # records: one per trial and seed
+    cb = driver.callback(Progress({r: runs for r in cfg.regimes}))
+    done = {r: cb.finished_count(r) for r in cfg.regimes}
+    todo = [r for r in cfg.regimes if done[r] < runs]
+    if not todo:
+        print(f"--- search: all {s.num_samples} trials of every regime done before", flush=True)
+    else:
+        print(f"--- search: {', '.join(todo)} side by side, {s.num_samples} trials each"
+              + (f" of {s.search_seeds} seeds" if s.search_seeds > 1 else "")
+              + f", {search_batch(driver.concurrency, len(todo))} at a time each"
+              + "".join(f"; {r}: {done[r]} runs done before" for r in todo if done[r]), flush=True)
+        run_search(cfg, todo, driver.ctx, cb, driver.concurrency, resume)
+        cb.tables.flush()
+        if cb.failure:
+            raise DeterministicFailure(cb.failure)
+        if any(cb.finished_count(r) < runs for r in todo):  # Tune stops gracefully on Ctrl-C
+            raise KeyboardInterrupt
+    for regime in cfg.regimes:
+        # also when every trial was done before: the last may have finished while the driver was
+        # down, its Optuna trial still RUNNING
+        close_orphans_of(cfg, regime)
+
+
+def _sum_up(cfg: StudyConfig, driver: _Driver, summary: str, report, t0: float) -> None:
+    """The summary, the artifacts rebuilt on the way, and where everything is."""
+    from study.runtime import DRIVER_LOG
+    from trainables.artifacts import ArtifactStore
+    x, study_dir = cfg.execution, cfg.study_dir
+    print(summary)
+    for name in ArtifactStore(driver.ctx.artifact_root).damaged_since(t0):  # the trials' lines reach only Ray's logs
+        print(f"artifact {name.rsplit('-', 2)[0]} was found damaged and computed again (kept in "
+              f"artifacts/damaged/{name})")
+    log = study_dir / DRIVER_LOG
+    print(f"\nResults: {study_dir / 'results'}  |  report: {report.html}"
+          + (f"  |  Ray's log: {log}" if log.exists() and log.stat().st_size else "")
+          + (f"\nCompare the regimes in the MLflow UI: python -m study.ui {study_dir}"
+             f"\nOptuna's view of the searches:       python -m study.ui {study_dir} --optuna"
+             if not x.mlflow_uri else f"\nMLflow: {x.mlflow_uri} (experiment {x.name})"))
 
 
 def _finalise(cfg: StudyConfig, tracker, status: str, t0: float):
@@ -342,8 +379,8 @@ def _finalise(cfg: StudyConfig, tracker, status: str, t0: float):
     write_tables(study_dir)
     trials, epochs = read_tables(study_dir)
     report = build_report(study_dir, cfg.confirmation.equivalence_margin)
-    summary = format_summary(trials, epochs, time.time() - t0, report["verdict_lines"],
-                             report["contrasts"], report["study_kind"], report["efficiency"])
+    summary = format_summary(trials, epochs, time.time() - t0, report.verdict_lines,
+                             report.contrasts, report.study_kind, report.efficiency)
     with atomic_path(study_dir / "summary.txt") as tmp:
         tmp.write_text(summary + "\n")
     if status == "FINISHED":  # every trial is recorded: a run without a record will never finish
@@ -354,8 +391,8 @@ def _finalise(cfg: StudyConfig, tracker, status: str, t0: float):
     files = [(study_dir / "summary.txt", None), (study_dir / "study.json", None),
              (study_dir / "results" / "trials.parquet", "results"),
              (study_dir / "results" / "epochs.parquet", "results"),
-             (report["markdown"], "report"), (report["html"], "report"),
-             *((f, "report/figures") for f in report["figures"])]
+             (report.markdown, "report"), (report.html, "report"),
+             *((f, "report/figures") for f in report.figures)]
     tracker.finish_parent(metrics, files, status)
     return summary, report
 
@@ -368,15 +405,9 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
     all finished.  Each look is a Tune experiment of its own (``ray/confirm``, ``ray/confirm-2``,
     ...); what it trains follows from the records of the looks before, so a resumed study finds
     the same looks again."""
-    from ray import tune
-
     from analysis.report import replay
-    from analysis.stats import candidates as candidate_table
     from analysis.summary import read_tables
     from analysis.tables import write_tables
-    from trainables.record_store import load_records
-    from study.callbacks import DeterministicFailure, Progress
-    from study.tuning import run_experiment
 
     c = cfg.confirmation
     looks = plan(cfg)
@@ -393,19 +424,7 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
           + (f"; fixed LRs {c.fixed_small_lr:g} and {c.fixed_large_lr:g}" if c.fixed else ""), file=out, flush=True)
 
     def stage(name: str, specs: list) -> bool:
-        totals: dict[str, int] = {}
-        for spec in specs:
-            totals[spec.group] = totals.get(spec.group, 0) + len(spec.seeds)
-        cb = callback(Progress(totals, out))
-        asked = {one for spec in specs for one in spec.per_seed()}  # a record's spec: one seed
-        if asked - {r.spec for r in cb.records.values() if r.completed}:
-            run_experiment(cfg, name, ctx, cb, concurrency, {"trial_dirname_creator": confirm_dirname},
-                           {"spec": tune.grid_search([sp.as_config()["spec"] for sp in specs])}, resume)
-        cb.tables.flush()
-        if cb.failure:
-            raise DeterministicFailure(cb.failure)
-        # from disk: after Tune.restore the events go to Tune's own copy of the callback
-        return not asked - {r.spec for r in load_records(cfg.study_dir)}
+        return _confirm_stage(cfg, ctx, callback, concurrency, name, specs, out, resume)
 
     if not stage("confirm", first):
         return False
@@ -413,11 +432,7 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
         write_tables(cfg.study_dir)
         trials = read_tables(cfg.study_dir)[0]
         state = replay(trials, c.equivalence_margin, cfg.contrasts, cfg.kind, looks)
-        for row in state.comparisons:
-            print(f"    look {row['look']}: {row['condition']} {row['a']} vs {row['b']}: "
-                  + (f"open ({100 * row['diff']:+.1f} points, CI {100 * row['low']:.1f} to {100 * row['high']:.1f})"
-                     if row["state"] == "open" else f"{row['verdict']} ({100 * row['diff']:+.1f} points)"),
-                  file=out, flush=True)
+        _print_look(state.comparisons, out)
         nxt = state.next_look()
         if nxt is None:
             break
@@ -428,14 +443,53 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
               + ", ".join(f"{r} {cond} {lr:.3g}" for r, cond, lr in configs), file=out, flush=True)
         if not stage(f"confirm-{k + 1}", specs):
             return False
-    table = candidate_table(trials)
+    sweep = sweep_specs(cfg, _print_picks(trials, out))
+    if sweep:
+        print(f"--- sparsity sweep: {sum(len(s.seeds) for s in sweep)} runs at the tuned LRs", file=out, flush=True)
+    return stage("confirm-sweep", sweep) if sweep else True
+
+
+def _confirm_stage(cfg: StudyConfig, ctx, callback, concurrency: int, name: str, specs: list, out,
+                   resume: bool) -> bool:
+    """One confirmation experiment (a look, or the sweep) of ``specs``, unless all were recorded
+    before; True when every run it asks for is recorded."""
+    from ray import tune
+
+    from study.callbacks import DeterministicFailure, Progress
+    from study.tuning import run_experiment
+    from trainables.record_store import load_records
+    totals: dict[str, int] = {}
+    for spec in specs:
+        totals[spec.group] = totals.get(spec.group, 0) + len(spec.seeds)
+    cb = callback(Progress(totals, out))
+    asked = {one for spec in specs for one in spec.per_seed()}  # a record's spec: one seed
+    if asked - {r.spec for r in cb.records.values() if r.completed}:
+        run_experiment(cfg, name, ctx, cb, concurrency, {"trial_dirname_creator": confirm_dirname},
+                       {"spec": tune.grid_search([sp.as_config()["spec"] for sp in specs])}, resume)
+    cb.tables.flush()
+    if cb.failure:
+        raise DeterministicFailure(cb.failure)
+    # from disk: after Tune.restore the events go to Tune's own copy of the callback
+    return not asked - {r.spec for r in load_records(cfg.study_dir)}
+
+
+def _print_look(comparisons: list[dict], out) -> None:
+    """Each comparison's state after a look: open (its interval so far) or decided."""
+    for row in comparisons:
+        print(f"    look {row['look']}: {row['condition']} {row['a']} vs {row['b']}: "
+              + (f"open ({100 * row['diff']:+.1f} points, CI {100 * row['low']:.1f} to {100 * row['high']:.1f})"
+                 if row["state"] == "open" else f"{row['verdict']} ({100 * row['diff']:+.1f} points)"),
+              file=out, flush=True)
+
+
+def _print_picks(trials, out) -> dict[str, float]:
+    """Each regime's tuned LR among its candidates (``analysis.stats.candidates``), printed; returned."""
+    from analysis.stats import candidates
+    table = candidates(trials, shares=False)
     picked = {r["regime"]: r["lr"] for _, r in table[table["picked"]].iterrows()}
     for regime in table["regime"].unique():
         g = table[table["regime"] == regime]
         print(f"    {regime}: tuned LR {picked.get(regime, float('nan')):.3g} of "
               + ", ".join(f"{r['lr']:.3g} (val {r['val_mean']:.4f}, {r['n']} seeds)" for _, r in g.iterrows()),
               file=out, flush=True)
-    sweep = sweep_specs(cfg, picked)
-    if sweep:
-        print(f"--- sparsity sweep: {sum(len(s.seeds) for s in sweep)} runs at the tuned LRs", file=out, flush=True)
-    return stage("confirm-sweep", sweep) if sweep else True
+    return picked

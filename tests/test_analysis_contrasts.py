@@ -165,11 +165,11 @@ def test_only_tuned_condition():
 def test_rethinking_report(tmp_path):
     study = rethinking_study(tmp_path / "rethink")
     res = build_report(study)
-    assert res["study_kind"] == "rethinking" and res["missing_contrasts"] == []
-    assert res["contrasts"] == [("scratch_e", "fine_tune"), ("scratch_b", "fine_tune")]
-    assert len(res["verdict_lines"]) == 2
-    assert set(res["skipped"]) == {"sparsity"}   # no regime ran a sweep
-    md = Path(res["markdown"]).read_text()
+    assert res.study_kind == "rethinking" and res.missing_contrasts == []
+    assert res.contrasts == [("scratch_e", "fine_tune"), ("scratch_b", "fine_tune")]
+    assert len(res.verdict_lines) == 2
+    assert set(res.skipped) == {"sparsity"}   # no regime ran a sweep
+    md = Path(res.markdown).read_text()
     assert md.splitlines()[0] == "# Rethinking-pruning study report: rethink"
     head = md[md.index("## Verdicts"):md.index("| ")]
     lines = [ln for ln in head.splitlines() if ln.startswith("- ")]
@@ -186,11 +186,11 @@ def test_rethinking_report(tmp_path):
     assert [r.split(" | ")[0] for r in rows] == ["| fine_tune", "| scratch_e", "| scratch_b"]
     assert ("| scratch_b | l1-filter | 5 | 150 | 300k | 1.2M | 4.00x | 40M | 160M | 4.00x | 1.5 | 4.5 | 3.00x |"
             in eff_md)
-    eff = res["efficiency"]
+    eff = res.efficiency
     assert list(eff["train_epochs"]) == [20, 60, 150] and (eff["source"] == "confirm").all()
     assert eff["flops_ratio"].tolist() == pytest.approx([4.0] * 3)
     assert eff["speedup"].tolist() == pytest.approx([3.0] * 3)
-    page = Path(res["html"]).read_text()
+    page = Path(res.html).read_text()
     assert page.count("data:image/png;base64,") == 3
     assert "Efficiency (pruned network against the dense one)" in page and "x faster" in page
     assert "<title>Rethinking-pruning study report: rethink</title>" in page
@@ -214,16 +214,16 @@ def test_missing_contrast_is_reported(tmp_path):
 def test_no_contrast_present(tmp_path):
     study = rethinking_study(tmp_path / "none", contrasts=[["lr_rewind", "fine_tune"]])
     res = build_report(study)
-    md = Path(res["markdown"]).read_text()
-    assert res["verdict_lines"] == [] and "No verdict: the confirmation runs lack LR rewinding or fine-tune" in md
+    md = Path(res.markdown).read_text()
+    assert res.verdict_lines == [] and "No verdict: the confirmation runs lack LR rewinding or fine-tune" in md
     assert "## Confirmed test accuracy" in md and "## Efficiency" in md
 
 
 def test_search_only_efficiency_falls_back_to_the_search(tmp_path):
     recs = [r for r in rethinking_records() if r.spec.phase == "search"]
     res = build_report(write_study(tmp_path / "searchonly", recs, {"study_kind": "rethinking"}))
-    assert (res["efficiency"]["source"] == "search").all() and list(res["efficiency"]["n"]) == [4, 4, 4]
-    md = Path(res["markdown"]).read_text()
+    assert (res.efficiency["source"] == "search").all() and list(res.efficiency["n"]) == [4, 4, 4]
+    md = Path(res.markdown).read_text()
     assert "No verdict yet" in md and "from the search trials" in md
 
 
@@ -231,7 +231,7 @@ def test_summary_text(tmp_path):
     study = rethinking_study(tmp_path / "summ")
     trials, epochs = read_tables(study)
     res = build_report(study)
-    text = format_summary(trials, epochs, 5.0, res["verdict_lines"], analysis.contrasts(study),
+    text = format_summary(trials, epochs, 5.0, res.verdict_lines, analysis.contrasts(study),
                           analysis.study_kind(study))
     assert text.index("Verdicts") < text.index("Search:") < text.index("Scratch-E's test-accuracy advantage over "
                                                                           "fine-tune:")
@@ -259,11 +259,11 @@ def test_figures_for_unknown_regimes_and_sweeps(tmp_path):
     paths, skipped = figures.build(trials, epochs, tmp_path / "figs", study_kind="other")
     assert skipped == {} and len(paths) == 8 and all(p.stat().st_size > 1000 for p in paths)
     res = build_report(study)
-    assert res["skipped"] == {} and len(res["verdict_lines"]) == 1
-    md = Path(res["markdown"]).read_text()
+    assert res.skipped == {} and len(res.verdict_lines) == 1
+    md = Path(res.markdown).read_text()
     assert md.startswith("# Pruning study report: rethink") and "tuned: beta at LR 0.1 vs alpha at LR 0.1" in md
     assert "along the pruning rounds" in md and "IMP" not in md
-    assert set(res["summary"]["n"]) == {5}   # the sweep's earlier rounds stay out of the confirmed numbers
+    assert set(res.summary["n"]) == {5}   # the sweep's earlier rounds stay out of the confirmed numbers
 
 
 # ---- tables ---------------------------------------------------------------------------------------

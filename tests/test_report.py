@@ -136,18 +136,18 @@ def test_full_report(tmp_path):
 
 
 def test_build_report_api(tmp_path):
-    from analysis.report import build_report, verdict_lines
+    from analysis.report import Report, build_report, verdict_lines
     study = write_study(tmp_path / "api")
     res = build_report(study)
-    assert {"markdown", "html", "figures", "verdicts"} <= set(res)
-    assert Path(res["markdown"]).is_file() and Path(res["html"]).is_file()
-    assert sorted(p.name for p in res["figures"]) == sorted(f"{n}.{e}" for n in FIGS for e in ("png", "svg"))
-    assert list(res["verdicts"]["condition"]) == list(CONFIRM)
-    lines = verdict_lines(res["verdicts"])
+    assert isinstance(res, Report) and res.study_kind == "lottery"
+    assert Path(res.markdown).is_file() and Path(res.html).is_file()
+    assert sorted(p.name for p in res.figures) == sorted(f"{n}.{e}" for n in FIGS for e in ("png", "svg"))
+    assert list(res.verdicts["condition"]) == list(CONFIRM)
+    lines = verdict_lines(res.verdicts)
     assert len(lines) == 3 and all(any(v in ln for v in VERDICTS) for ln in lines)
-    assert res["skipped"] == {}
+    assert res.skipped == {}
     # the sweep's rows (prune_round < rounds) do not leak into the confirmed numbers
-    tuned = res["summary"][res["summary"]["condition"] == "tuned"]
+    tuned = res.summary[res.summary["condition"] == "tuned"]
     assert set(tuned["n"]) == {5}
 
 
