@@ -428,11 +428,12 @@ def run_confirmation(cfg: StudyConfig, ctx, callback, concurrency: int, out=sys.
 
     if not stage("confirm", first):
         return False
+    shown: set[tuple] = set()
     while True:
         write_tables(cfg.study_dir)
         trials = read_tables(cfg.study_dir)[0]
         state = replay(trials, c.equivalence_margin, cfg.contrasts, cfg.kind, looks)
-        _print_look(state.comparisons, out)
+        _print_look(state.comparisons, shown, out)
         nxt = state.next_look()
         if nxt is None:
             break
@@ -473,9 +474,14 @@ def _confirm_stage(cfg: StudyConfig, ctx, callback, concurrency: int, name: str,
     return not asked - {r.spec for r in load_records(cfg.study_dir)}
 
 
-def _print_look(comparisons: list[dict], out) -> None:
-    """Each comparison's state after a look: open (its interval so far) or decided."""
+def _print_look(comparisons: list[dict], shown: set[tuple], out) -> None:
+    """Each comparison's state after a look, open (its interval so far) or decided, unless it was
+    ``shown`` so before (a comparison decided at an earlier look is not repeated)."""
     for row in comparisons:
+        seen = (row["condition"], row["a"], row["b"], row["look"], row["state"])
+        if seen in shown:
+            continue
+        shown.add(seen)
         print(f"    look {row['look']}: {row['condition']} {row['a']} vs {row['b']}: "
               + (f"open ({100 * row['diff']:+.1f} points, CI {100 * row['low']:.1f} to {100 * row['high']:.1f})"
                  if row["state"] == "open" else f"{row['verdict']} ({100 * row['diff']:+.1f} points)"),

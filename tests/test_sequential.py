@@ -186,3 +186,22 @@ def test_the_ui_compare_link_selects_the_picked_lrs_only(tmp_path):
     what, ids = comparison_runs(tmp_path)
     assert "condition tuned" in what and len(ids) == 6
     assert {i.rsplit("-", 1)[0] for i in ids} == {"run-winning_ticket-0.2", "run-random_reinit-0.1"}
+
+
+def test_a_look_prints_only_what_changed():
+    """After each look the driver prints each comparison's state once: a comparison decided at an
+    earlier look is not printed again; one still open is, at its new look."""
+    import io
+
+    from study.course import _print_look
+    decided = {"condition": "fixed_small", "a": "winning_ticket", "b": "random_reinit", "look": 1,
+               "state": "decided", "verdict": "advantage", "diff": 0.167}
+    open1 = {"condition": "tuned", "a": "winning_ticket", "b": "random_reinit", "look": 1, "state": "open",
+             "diff": 0.013, "low": -0.01, "high": 0.036}
+    out, shown = io.StringIO(), set()
+    _print_look([open1, decided], shown, out)
+    _print_look([{**open1, "look": 2, "state": "decided", "verdict": "advantage", "diff": 0.022}, decided], shown, out)
+    assert out.getvalue().splitlines() == [
+        "    look 1: tuned winning_ticket vs random_reinit: open (+1.3 points, CI -1.0 to 3.6)",
+        "    look 1: fixed_small winning_ticket vs random_reinit: advantage (+16.7 points)",
+        "    look 2: tuned winning_ticket vs random_reinit: advantage (+2.2 points)"]
