@@ -21,7 +21,8 @@ import pandas as pd
 from analysis import design, figures
 from analysis.sequential import BOOTSTRAP, Plan
 from analysis.stats import DEFAULT_MARGIN_POINTS, Replay, candidates, confirm_rows, summarize
-from analysis.summary import best_per_regime, efficiency, si, times
+from analysis.formats import integer, interval, lr_text, number, p_cell, points_cell, si, times
+from analysis.summary import best_per_regime, efficiency
 from trainables.storage import atomic_path
 
 A, B = design.DEFAULT_CONTRASTS[design.LOTTERY][0]  # the lottery pair, the default contrast
@@ -59,40 +60,12 @@ class ReportError(ValueError):
     """Bad input: the message names the problem."""
 
 
-# formatting ---------------------------------------------------------------------------------------
-def _num(x, fmt: str = ".4f") -> str:
-    try:
-        return "-" if x is None or not math.isfinite(float(x)) else format(float(x), fmt)
-    except (TypeError, ValueError):
-        return str(x)
-
-
-def _lr(x) -> str:
-    return _num(x, ".3g")
-
-
-def _p(x) -> str:
-    return _num(x, ".3g") if x is None or not math.isfinite(float(x)) or float(x) >= 0.001 else "<0.001"
-
-
-def _pts(x) -> str:
-    return _num(None if x is None else 100 * float(x), "+.2f")
-
-
-def _int(x) -> str:
-    return "-" if x is None or pd.isna(x) else str(int(x))
-
-
-def _ci(lo, hi, f=_num) -> str:
-    return f"[{f(lo)}, {f(hi)}]"
-
-
 def _runners_up(cand: pd.DataFrame | None, regime: str) -> str:
     """The candidate LRs a regime's tuned LR was picked from, with their mean validation accuracy."""
     if cand is None or not len(cand):
         return ""
     g = cand[(cand["regime"] == regime) & ~cand["picked"]]
-    return ", ".join(f"{_lr(r['lr'])} (val {_num(r['val_mean'])}"
+    return ", ".join(f"{lr_text(r['lr'])} (val {number(r['val_mean'])}"
                      + (f", dropped after {int(r['dropped_after'])} seeds)" if pd.notna(r["dropped_after"]) else ")")
                      for _, r in g.iterrows())
 
@@ -118,8 +91,8 @@ def verdict_lines(comparisons: pd.DataFrame, cand: pd.DataFrame | None = None) -
         if r["condition"] == "tuned":
             others = [f"{figures.label(x)} {o}" for x in (a, b) if (o := _runners_up(cand, x))]
             runners = f" (runners-up: {'; '.join(others)})" if others else ""
-        lines.append(f"{r['condition']}: {figures.label(a)} at LR {_lr(r['lr_a'])} vs {figures.label(b)} at LR "
-                     f"{_lr(r['lr_b'])}{runners} -> verdict: {r['verdict']}. {r['sentence']}{reach}")
+        lines.append(f"{r['condition']}: {figures.label(a)} at LR {lr_text(r['lr_a'])} vs {figures.label(b)} at LR "
+                     f"{lr_text(r['lr_b'])}{runners} -> verdict: {r['verdict']}. {r['sentence']}{reach}")
     return lines
 
 
@@ -274,9 +247,9 @@ def _efficiency_blocks(eff: pd.DataFrame) -> list:
             f"inference latency per batch of 256 of the pruned network against the dense one (means over the "
             f"trials, latencies: medians; 'x fewer' and 'x faster' are dense / pruned), and the mean epochs of "
             f"the regime's own training{longer}.")
-    rows = [[r["regime"], r["method"] or "-", int(r["n"]), _num(r["train_epochs"], ".4g"), si(r["params"]),
+    rows = [[r["regime"], r["method"] or "-", int(r["n"]), number(r["train_epochs"], ".4g"), si(r["params"]),
              si(r["dense_params"]), times(r["params_ratio"]), si(r["flops"]), si(r["dense_flops"]),
-             times(r["flops_ratio"]), _num(r["latency_ms"], ".3g"), _num(r["dense_latency_ms"], ".3g"),
+             times(r["flops_ratio"]), number(r["latency_ms"], ".3g"), number(r["dense_latency_ms"], ".3g"),
              times(r["speedup"])] for _, r in eff.iterrows()]
     return [("h2", "Efficiency (pruned network against the dense one)"), ("p", text),
             ("table", ["regime", "method", "trials", "epochs trained", "params", "dense params", "x fewer params",
@@ -395,8 +368,8 @@ def _summary_blocks(summary: pd.DataFrame) -> list:
         return []
     return [("h2", "Confirmed test accuracy"),
             ("table", ["condition", "regime", "LR", "n", "mean", "sd", "95% CI"],
-             [[r["condition"], r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["mean"]), _num(r["sd"]),
-               _ci(r["low"], r["high"])] for _, r in summary.iterrows()])]
+             [[r["condition"], r["regime"], lr_text(r["lr"]), int(r["n"]), number(r["mean"]), number(r["sd"]),
+               interval(r["low"], r["high"])] for _, r in summary.iterrows()])]
 
 
 def _candidate_blocks(cand: pd.DataFrame) -> list:
@@ -413,8 +386,8 @@ def _candidate_blocks(cand: pd.DataFrame) -> list:
                   "intervals mean a flat top: the choice among them matters little."),
             ("table", ["regime", "LR", "seeds", "val acc (mean)", "95% CI", "test acc (mean)", "95% CI",
                        "picked in resamples", "picked"],
-             [[r["regime"], _lr(r["lr"]), int(r["n"]), _num(r["val_mean"]), _ci(r["val_low"], r["val_high"]),
-               _num(r["test_mean"]), _ci(r["test_low"], r["test_high"]), _share(r),
+             [[r["regime"], lr_text(r["lr"]), int(r["n"]), number(r["val_mean"]), interval(r["val_low"], r["val_high"]),
+               number(r["test_mean"]), interval(r["test_low"], r["test_high"]), _share(r),
                "yes" if r["picked"] else ""] for _, r in cand.iterrows()])]
 
 
@@ -431,11 +404,11 @@ def _comparison_blocks(comp: pd.DataFrame, margin_points: float) -> list:
             ("table", ["condition", "regimes", "LRs", "n", "paired", "diff (points)", "95% CI (points)",
                        "p (difference)", "p (equivalence)", "look", "thresholds (diff / TOST)",
                        "margin (points)", "verdict"],
-             [[r["condition"], f"{r['a']} - {r['b']}", f"{_lr(r['lr_a'])} / {_lr(r['lr_b'])}",
-               f"{_int(r['n_a'])} / {_int(r['n_b'])}", "yes" if r["paired"] else "no", _pts(r["diff"]),
-               _ci(r["low"], r["high"], _pts), _p(r["p_difference"]), _p(r["p_equivalence"]),
+             [[r["condition"], f"{r['a']} - {r['b']}", f"{lr_text(r['lr_a'])} / {lr_text(r['lr_b'])}",
+               f"{integer(r['n_a'])} / {integer(r['n_b'])}", "yes" if r["paired"] else "no", points_cell(r["diff"]),
+               interval(r["low"], r["high"], points_cell), p_cell(r["p_difference"]), p_cell(r["p_equivalence"]),
                f"{int(r['look'])} of {int(r['looks'])}" + (" (open)" if r["state"] == "open" else ""),
-               f"{_num(r['level_difference'], '.3g')} / {_num(r['level_equivalence'], '.3g')}",
+               f"{number(r['level_difference'], '.3g')} / {number(r['level_equivalence'], '.3g')}",
                f"±{margin_points:g}", r["verdict"]] for _, r in comp.iterrows()])]
 
 
@@ -446,7 +419,7 @@ def _search_blocks(search: pd.DataFrame) -> list:
     return [head, ("table", ["regime", "trials", "completed", "distinct LRs", "diverged", "best LR", "val acc",
                              "test acc"],
                    [[r["regime"], int(r["trials"]), int(r["completed"]), int(r["lrs"]), int(r["diverged"]),
-                     _lr(r["best_lr"]), _num(r["best_val_acc"]), _num(r["test_acc"])] for _, r in search.iterrows()])]
+                     lr_text(r["best_lr"]), number(r["best_val_acc"]), number(r["test_acc"])] for _, r in search.iterrows()])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
 from analysis.design import DEFAULT_CONTRASTS, LOTTERY, sort_regimes
+from analysis.formats import p_text, points
 from analysis.sequential import BOOTSTRAP, Plan, choice_bootstrap, pick_shares, seeded
 from trainables.records import CONDITIONS  # the confirmation's conditions, in report order
 
@@ -88,33 +89,25 @@ def mean_interval(values: Iterable[float], confidence: float = 0.95) -> Interval
     return Interval(n, mean, sd, low, high)
 
 
-def _pts(x: float, decimals: int) -> str:
-    return f"{round(100 * x, decimals) + 0.0:.{decimals}f}"  # + 0.0 turns -0.0 into 0.0
-
-
-def _p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
-
-
 def _sentence(verdict: str, names: tuple[str, str], diff: float, low: float, high: float,
               p_diff: float, p_eq: float, margin: float, alpha: float, level_diff: float) -> str:
     """``level_diff`` below ``alpha``: a look of the sequential confirmation, whose interval is a
     repeated one (it covers at every look at once at ``1 - alpha``)."""
     a, b = names
     level = f"{100 * (1 - alpha):g}% {'CI' if level_diff >= alpha else 'repeated CI'}"
-    m = f"+-{_pts(margin, 1)} points"
+    m = f"+-{points(margin, 1)} points"
     d = 1 if max(abs(diff), abs(low), abs(high)) >= 0.01 else 2
     if verdict == "advantage":
         ahead, behind, lo, hi = (a, b, low, high) if diff > 0 else (b, a, -high, -low)
-        return (f"{ahead} beats {behind} by {_pts(abs(diff), d)} points "
-                f"({level} {_pts(lo, d)} to {_pts(hi, d)}, {_p(p_diff)}).")
-    ci = f"{level} {_pts(low, d)} to {_pts(high, d)}"
+        return (f"{ahead} beats {behind} by {points(abs(diff), d)} points "
+                f"({level} {points(lo, d)} to {points(hi, d)}, {p_text(p_diff)}).")
+    ci = f"{level} {points(low, d)} to {points(high, d)}"
     if verdict == "no meaningful difference":
-        real = (f"; the difference is real ({_p(p_diff)}) but negligible" if p_diff < level_diff else "")
-        return (f"No meaningful difference between {a} and {b}: {a} - {b} = {_pts(diff, d)} points "
-                f"({ci}), equivalent within {m} (TOST {_p(p_eq)}){real}.")
-    return (f"Inconclusive: {a} - {b} = {_pts(diff, d)} points ({ci}); neither a difference "
-            f"({_p(p_diff)}) nor equivalence within {m} (TOST {_p(p_eq)}) could be shown.")
+        real = (f"; the difference is real ({p_text(p_diff)}) but negligible" if p_diff < level_diff else "")
+        return (f"No meaningful difference between {a} and {b}: {a} - {b} = {points(diff, d)} points "
+                f"({ci}), equivalent within {m} (TOST {p_text(p_eq)}){real}.")
+    return (f"Inconclusive: {a} - {b} = {points(diff, d)} points ({ci}); neither a difference "
+            f"({p_text(p_diff)}) nor equivalence within {m} (TOST {p_text(p_eq)}) could be shown.")
 
 
 def compare_arrays(a: Iterable[float], b: Iterable[float], *, paired: bool,
@@ -228,12 +221,12 @@ def _reach(se: float, df: float, n_a: int, n_b: int, paired: bool, low: float, h
     seeds (per side) would bring the half-width under the margin (it shrinks as 1/sqrt(n))."""
     half = (high - low) / 2
     if not se > _ZERO_SE or not math.isfinite(df):
-        return 0.0, half, f"Detectable: any difference (no spread between seeds); interval +-{_pts(half, 1)} points."
+        return 0.0, half, f"Detectable: any difference (no spread between seeds); interval +-{points(half, 1)} points."
     detectable = detectable_difference(se, n_a, n_b, paired, level)
     seeds = "" if half < margin else \
         f"; about {math.ceil(n_a * (half / margin) ** 2)} seeds would bring it within the margin"
-    return detectable, half, (f"Detectable with {n_a} seeds: {_pts(detectable, 1)} points ({100 * POWER:g}% power at the "
-                              f"observed spread); interval +-{_pts(half, 1)} points against the +-{_pts(margin, 1)}-point "
+    return detectable, half, (f"Detectable with {n_a} seeds: {points(detectable, 1)} points ({100 * POWER:g}% power at the "
+                              f"observed spread); interval +-{points(half, 1)} points against the +-{points(margin, 1)}-point "
                               f"margin{seeds}.")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.design import DEFAULT_CONTRASTS, LOTTERY, label, sort_regimes
+from analysis.formats import number, si, times
 
 LR_MATCH_DECADES = 0.02  # trials within this distance in log10(lr) count as "the same LR"
 
@@ -135,22 +136,6 @@ def efficiency(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=EFFICIENCY_COLUMNS)
 
 
-def si(x, digits: int = 3) -> str:
-    """``1234567`` -> ``"1.23M"``; ``"-"`` for a missing value."""
-    if x is None or not np.isfinite(float(x)):
-        return "-"
-    x = float(x)
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.{digits}g}{suffix}"
-    return f"{x:.{digits}g}"
-
-
-def times(x) -> str:
-    """A ratio as ``"3.70x"``; ``"-"`` when missing."""
-    return "-" if x is None or not np.isfinite(float(x)) else f"{float(x):.2f}x"
-
-
 def efficiency_lines(eff: pd.DataFrame) -> list[str]:
     """The efficiency table as compact text lines (one per regime), for the summary."""
     if eff is None or not len(eff):
@@ -165,7 +150,7 @@ def efficiency_lines(eff: pd.DataFrame) -> list[str]:
         if np.isfinite(r["flops"]):
             parts.append(f"{si(r['flops'])} FLOPs ({times(r['flops_ratio'])} fewer)")
         if np.isfinite(r["latency_ms"]):
-            parts.append(f"{r['latency_ms']:.3g} ms vs {_fmt(r['dense_latency_ms'], '.3g')} ms dense "
+            parts.append(f"{r['latency_ms']:.3g} ms vs {number(r['dense_latency_ms'], '.3g')} ms dense "
                          f"({times(r['speedup'])} faster)")
         if np.isfinite(r["train_epochs"]):
             parts.append(f"{r['train_epochs']:.4g} epochs")
@@ -176,10 +161,6 @@ def efficiency_lines(eff: pd.DataFrame) -> list[str]:
 
 # the summary --------------------------------------------------------------------------------------
 _SHORT = {"winning_ticket": "winning", "random_reinit": "random", "late_rewind": "late"}
-
-
-def _fmt(x: float, spec: str = ".4f") -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
 def _cap(s: str) -> str:
@@ -201,8 +182,8 @@ def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: flo
     lines.append(f"{'regime':<16} {'best lr':>9} {'val acc':>8} {'test acc':>8} {'trials':>7} {'LRs':>5} "
                  f"{'diverged':>8}")
     for _, r in best.iterrows():
-        lines.append(f"{r['regime']:<16} {_fmt(r['best_lr'], '.3g'):>9} {_fmt(r['best_val_acc']):>8} "
-                     f"{_fmt(r['test_acc']):>8} {r['trials']:>7} {r['lrs']:>5} {r['diverged']:>8}")
+        lines.append(f"{r['regime']:<16} {number(r['best_lr'], '.3g'):>9} {number(r['best_val_acc']):>8} "
+                     f"{number(r['test_acc']):>8} {r['trials']:>7} {r['lrs']:>5} {r['diverged']:>8}")
     lines += ["(LRs: distinct learning rates trained; a repeated suggestion is answered from its first result)"]
     shown = 0
     for a, b in (DEFAULT_CONTRASTS[LOTTERY] if contrasts is None else contrasts):
@@ -214,8 +195,8 @@ def format_summary(trials: pd.DataFrame, epochs: pd.DataFrame, wall_seconds: flo
         lines += ["", f"{_cap(label(a))}'s test-accuracy advantage over {label(b)}:", ""]
         lines.append(f"{'at':<26} {'lr':>9} {na:>{wa}} {nb:>{wb}} {'advantage':>10} {'trials':>7}")
         for _, r in adv.iterrows():
-            lines.append(f"{r['at']:<26} {_fmt(r['lr'], '.3g'):>9} {_fmt(r[f'{a}_test']):>{wa}} "
-                         f"{_fmt(r[f'{b}_test']):>{wb}} {_fmt(r['advantage'], '+.4f'):>10} {r['n']:>7}")
+            lines.append(f"{r['at']:<26} {number(r['lr'], '.3g'):>9} {number(r[f'{a}_test']):>{wa}} "
+                         f"{number(r[f'{b}_test']):>{wb}} {number(r['advantage'], '+.4f'):>10} {r['n']:>7}")
         shown += 1
     if shown:
         lines.append("(search: one seed per LR; the verdicts above rest on the confirmation's fresh seeds)"
