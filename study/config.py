@@ -255,7 +255,7 @@ class StudyConfig(Settings):
         return d
 
     def study_hash(self) -> str:
-        from trainables.artifacts import spec_hash
+        from trainables.hashing import spec_hash
         return spec_hash(self.results_settings())
 
 

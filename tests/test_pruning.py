@@ -201,7 +201,7 @@ def test_a_score_that_cannot_be_loaded_or_ranked_is_refused(monkeypatch):
 def test_spec_hash_is_stable_across_processes_and_key_order():
     spec = {"b": [1, 2], "a": {"y": 0.1, "x": "s"}}
     assert spec_hash(spec) == spec_hash({"a": {"x": "s", "y": 0.1}, "b": [1, 2]})
-    code = f"from trainables.artifacts import spec_hash; print(spec_hash({spec!r}))"
+    code = f"from trainables.hashing import spec_hash; print(spec_hash({spec!r}))"
     other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert other.stdout.strip() == spec_hash(spec)
     assert spec_hash({**spec, "b": [1, 3]}) != spec_hash(spec)

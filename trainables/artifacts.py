@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -29,16 +28,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from trainables.storage import Storage
-
-
-def canonical(spec: dict[str, Any]) -> str:
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    """Stable 16-hex-digit name of a spec (sha256 of its canonical JSON)."""
-    return hashlib.sha256(canonical(spec).encode()).hexdigest()[:16]
+from trainables.hashing import sha256, spec_hash
+from trainables.storage import DAMAGED, DAMAGED_TIME, Storage
 
 
 @dataclass(frozen=True)
@@ -76,21 +67,16 @@ class Artifact:
             if want is None:
                 raise
             raise DamagedArtifact(f"artifact {self.name}: {file} cannot be read ({type(e).__name__})") from e
-        if want is not None and _digest(data) != want:
+        if want is not None and sha256(data) != want:
             raise DamagedArtifact(f"artifact {self.name}: {file} does not match its digest")
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 KEEP_VERIFIED = 16 * 2 ** 20  # bytes: a found artifact's checked file up to this size is kept for its load
-DAMAGED_TIME = "%Y%m%dT%H%M%S"  # when an artifact was moved aside (UTC), in its folder's name
 
 
 class DamagedArtifact(RuntimeError):
     """An artifact's file is not what was written."""
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -123,7 +109,7 @@ class ArtifactStore:
             meta = json.loads(self.storage.read_text(meta_file))
             for file, want in meta.get("digests", {}).items():
                 data = self.storage.read_bytes(self.storage.join(name, file))
-                if _digest(data) != want:
+                if sha256(data) != want:
                     raise DamagedArtifact(f"{file} does not match its digest")
                 if file.endswith(".pt") and len(data) <= KEEP_VERIFIED:
                     verified[file] = data
@@ -136,15 +122,15 @@ class ArtifactStore:
         """The artifacts moved aside as damaged since ``t0`` (epoch seconds): their folders' names,
         ``<kind>-<hash>-<UTC time>-<id>``."""
         since = time.strftime(DAMAGED_TIME, time.gmtime(t0))
-        return [n for n in self.storage.list_names(self.storage.join("damaged")) if n.rsplit("-", 2)[-2] >= since]
+        return [n for n in self.storage.list_names(self.storage.join(DAMAGED)) if n.rsplit("-", 2)[-2] >= since]
 
     def _move_aside(self, name: str, why: str) -> None:
-        aside = self.storage.join("damaged", f"{name}-{time.strftime(DAMAGED_TIME, time.gmtime())}-{uuid.uuid4().hex[:6]}")
         try:
-            self.storage.move(self.storage.join(name), aside)
-        except (OSError, FileNotFoundError):
+            aside = self.storage.set_aside(name)
+        except OSError:
             return  # another trial moved it first
-        print(f"artifact {name} was damaged ({why}): moved to {aside}; computing it again", flush=True)
+        print(f"artifact {name} was damaged ({why}): moved to {self.storage.join(DAMAGED, aside)}; computing it again",
+              flush=True)
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -197,7 +183,7 @@ class ArtifactStore:
                 seconds = (time.perf_counter() - start) / max(1, len(todo))  # each one's share
                 for i, meta in zip(todo, metas):
                     _write_json(tmps[i] / "spec.json", fulls[i])
-                    digests = {p.name: _digest(p.read_bytes()) for p in sorted(tmps[i].iterdir()) if p.is_file()}
+                    digests = {p.name: sha256(p.read_bytes()) for p in sorted(tmps[i].iterdir()) if p.is_file()}
                     name, meta = f"{kind}-{hashes[i]}", {**meta, "compute_seconds": seconds, "digests": digests}
                     if self.storage.local:
                         _write_json(tmps[i] / "meta.json", meta)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainables.records import DamagedRecord, TrialRecord, aside_name, parse_records, record_text, records_text
-from trainables.storage import Storage, atomic_path
+from trainables.records import DamagedRecord, TrialRecord, parse_records, record_text, records_text
+from trainables.storage import DAMAGED, Storage, atomic_path
 
 TRIAL_RECORDS = "trial-records"
 FINAL_RECORDS = "records"
-DAMAGED = "damaged"
 
 
 class RecordStore:
@@ -54,8 +53,7 @@ class RecordStore:
             return parse_records(self.shared.read_bytes(where))
         except DamagedRecord as e:
             if set_aside:
-                aside = aside_name(f"{trial_id}.json")
-                self.shared.move(where, self.shared.join(TRIAL_RECORDS, DAMAGED, aside))
+                aside = self.shared.set_aside(TRIAL_RECORDS, f"{trial_id}.json")
                 print(f"the record file of trial {trial_id} was damaged ({e}): moved to "
                       f"{TRIAL_RECORDS}/{DAMAGED}/{aside}", flush=True)
             raise
@@ -90,16 +88,14 @@ def load_records(study_dir: str | os.PathLike[str]) -> list[TrialRecord]:
 
 
 def _set_aside(path: Path, why: str) -> None:
-    """Move a damaged record copy to ``records/damaged/<trial>-<UTC time>-<id>.json`` and say so."""
-    aside = path.parent / DAMAGED / aside_name(path.name)
+    """Move a damaged record copy to ``records/damaged/`` and say so."""
     try:
-        aside.parent.mkdir(exist_ok=True)
-        os.rename(path, aside)
+        aside = Storage(str(path.parent.parent)).set_aside(FINAL_RECORDS, path.name)
     except FileNotFoundError:
         return  # another reader moved it first (and said so)
     except OSError as e:
         print(f"record {path.stem} was damaged ({why}) and cannot be moved aside ({e.strerror or type(e).__name__}): "
               f"left out; the trial counts as not done", flush=True)
         return
-    print(f"record {path.stem} was damaged ({why}): moved to {FINAL_RECORDS}/{DAMAGED}/{aside.name}; the trial counts "
+    print(f"record {path.stem} was damaged ({why}): moved to {FINAL_RECORDS}/{DAMAGED}/{aside}; the trial counts "
           f"as not done", flush=True)

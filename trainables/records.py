@@ -16,15 +16,13 @@ Nothing heavy is imported here.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import time
-import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trainables.config import plain
+from trainables.hashing import canonical, sha256, spec_hash
 
 PHASES = ("search", "confirm")
 CONDITIONS = ("tuned", "fixed_small", "fixed_large")
@@ -111,7 +109,7 @@ class RunKey:
     @property
     def hash(self) -> str:
         """16 hex digits of the sha256 of the key's canonical JSON."""
-        return records_digest(self.as_dict())[:16]
+        return spec_hash(self.as_dict())
 
 
 @dataclass(frozen=True)
@@ -233,27 +231,20 @@ class TrialRecord:
 
 # -- record files ---------------------------------------------------------------------------------
 
-DAMAGED_TIME = "%Y%m%dT%H%M%S"  # when a damaged record file was moved aside (UTC), in its new name
-
-
 class DamagedRecord(ValueError):
     """A record file is not what was written: not JSON (truncated), not a record, or its records do
     not match their sha256."""
 
 
-def _canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
 def records_digest(data: Any) -> str:
     """The sha256 of records' JSON (a record's ``to_json``, or a list of them), in canonical form:
     the same for the data written and the data read back, whatever the file's layout."""
-    return hashlib.sha256(_canonical(data).encode()).hexdigest()
+    return sha256(canonical(data))
 
 
 def _as_read(data: Any) -> Any:
     """``data`` as a reader of its JSON gets it (what the digest is taken of on both sides)."""
-    return json.loads(_canonical(data))
+    return json.loads(canonical(data))
 
 
 def records_text(records: list[TrialRecord]) -> str:
@@ -296,11 +287,3 @@ def parse_records(text: str | bytes) -> list[TrialRecord]:
         return [TrialRecord.from_json(d) for d in (data if many else [data])]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DamagedRecord(f"not a trial record ({type(e).__name__}: {e})".splitlines()[0]) from e
-
-
-def aside_name(name: str) -> str:
-    """Where a damaged record file ``<stem>.json`` is kept, in a ``damaged/`` folder beside it:
-    ``<stem>-<UTC time>-<id>.json`` (never overwriting an earlier one)."""
-    stem, dot, suffix = name.rpartition(".")
-    stem, suffix = (stem, f".{suffix}") if dot else (name, "")
-    return f"{stem}-{time.strftime(DAMAGED_TIME, time.gmtime())}-{uuid.uuid4().hex[:6]}{suffix}"

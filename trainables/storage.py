@@ -141,6 +141,14 @@ class Storage:
         for folder in [*folders, p]:
             fs.delete_dir(folder)
 
+    def set_aside(self, *parts: str) -> str:
+        """Move the damaged file or folder ``parts`` (below the root) into a ``damaged/`` folder beside
+        it, named by ``aside_name`` (kept for inspection); returns that name.  FileNotFoundError when
+        it is gone (another reader moved it first)."""
+        name = aside_name(parts[-1])
+        self.move(self.join(*parts), self.join(*parts[:-1], DAMAGED, name))
+        return name
+
     def age(self, location: str) -> float | None:
         """Seconds since ``location`` was last written, by the clock of the store that holds it (so
         that machines whose clocks differ agree): a local file's against this machine's clock, an
@@ -183,6 +191,18 @@ class Storage:
 
     def make_local_tmp(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="artifact-"))
+
+
+DAMAGED = "damaged"  # the folder beside them where damaged files are kept
+DAMAGED_TIME = "%Y%m%dT%H%M%S"  # when a damaged file was set aside (UTC), in its new name
+
+
+def aside_name(name: str) -> str:
+    """A damaged ``<stem>[.<suffix>]``'s name in ``damaged/``: ``<stem>-<UTC time>-<id>[.<suffix>]``
+    (never overwriting an earlier one)."""
+    stem, dot, suffix = name.rpartition(".")
+    stem, suffix = (stem, f".{suffix}") if dot else (name, "")
+    return f"{stem}-{time.strftime(DAMAGED_TIME, time.gmtime())}-{uuid.uuid4().hex[:6]}{suffix}"
 
 
 # A write that cannot succeed by retrying: a full disk or quota, a read-only folder, a failing device

@@ -10,7 +10,6 @@ starts from its stored stages instead.  Before its last report the trial writes 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import json
@@ -26,6 +25,7 @@ import torch
 
 from trainables.artifacts import ArtifactStore
 from trainables.config import PipelineConfig
+from trainables.hashing import sha256
 from trainables.pipeline import Pipeline
 from trainables.record_store import RecordStore
 from trainables.records import Artifacts, DerivedSeeds, Efficiency, RunKey, TrialRecord, TrialSpec
@@ -74,10 +74,6 @@ class DamagedCheckpoint(RuntimeError):
     """A trial's checkpoint is not what was written (or cannot be shown to be)."""
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def write_checkpoint(folder: str | os.PathLike[str], saved: dict[str, Any]) -> None:
     """``saved`` into ``folder``: the tensor file, then its digest (so a digest names a whole file)."""
     buf = io.BytesIO()
@@ -85,7 +81,7 @@ def write_checkpoint(folder: str | os.PathLike[str], saved: dict[str, Any]) -> N
     data = buf.getvalue()
     (Path(folder) / CHECKPOINT_FILE).write_bytes(data)
     (Path(folder) / CHECKPOINT_DIGEST).write_text(
-        json.dumps({"file": CHECKPOINT_FILE, "bytes": len(data), "sha256": _digest(data)}))
+        json.dumps({"file": CHECKPOINT_FILE, "bytes": len(data), "sha256": sha256(data)}))
 
 
 def read_checkpoint(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -109,7 +105,7 @@ def read_checkpoint(folder: str | os.PathLike[str], device: torch.device | str =
         raise DamagedCheckpoint(f"its digest cannot be read ({type(e).__name__})") from e
     if len(data) < size:
         raise DamagedCheckpoint(f"truncated: {len(data)} of {size} bytes")
-    if len(data) != size or _digest(data) != want:
+    if len(data) != size or sha256(data) != want:
         raise DamagedCheckpoint("sha256 mismatch")
     try:
         saved = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
