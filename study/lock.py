@@ -59,10 +59,9 @@ class DriverLock:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise StudyInUse(f"the study {Path(study_dir).name} is in use by another driver: {describe(holder)} "
-                             f"(lock {path}); wait for it to end, or stop it first") from None
+            raise _in_use(Path(study_dir).name, holder, f"lock {path}") from None
         previous = _read(fd)
-        mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        mine = _holder()
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(mine).encode(), 0)
         os.fsync(fd)
@@ -75,6 +74,16 @@ class DriverLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
             os.close(self.fd)
+
+
+def _holder() -> dict:
+    """This driver, as a lock or lease names it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+
+def _in_use(name: str, holder: dict, where: str) -> StudyInUse:
+    return StudyInUse(f"the study {name} is in use by another driver: {describe(holder)} ({where}); wait for it "
+                      f"to end, or stop it first")
 
 
 def _read(fd: int) -> dict:
@@ -93,10 +102,6 @@ def describe(holder: dict) -> str:
     when = (datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             if isinstance(since, (int, float)) else "an unknown time")
     return f"host {holder.get('host', '?')}, process {holder.get('pid', '?')}, since {when}"
-
-
-def _holder() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
 
 
 class StudyLease:
@@ -121,15 +126,13 @@ class StudyLease:
         location = storage.join(LEASE_FILE)
         held, age = _read_lease(storage, location)
         if held and age is not None and age < ttl_s and not _gone(held):
-            raise StudyInUse(f"the study {name} is in use by another driver: {describe(held)} (its lease {location} "
-                             f"was renewed {age:.0f} s ago); wait for it to end, or stop it first")
+            raise _in_use(name, held, f"its lease {location} was renewed {age:.0f} s ago")
         mine = {**_holder(), "token": uuid.uuid4().hex}
         storage.write_text(location, json.dumps(mine))
         time.sleep(settle_s)
         back, _ = _read_lease(storage, location, dated=False)
         if back.get("token") != mine["token"]:
-            raise StudyInUse(f"the study {name} is in use by another driver: {describe(back)} (it took the lease "
-                             f"{location} as this one did); wait for it to end, or stop it first")
+            raise _in_use(name, back, f"it took the lease {location} as this one did")
         return cls(storage, location, mine, held or None, renew_s, on_lost)
 
     def _renew(self, every: float) -> None:
