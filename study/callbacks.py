@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from ray import tune
 
 from analysis.tables import TableWriter
 from study.config import optuna_study_name
-from study.runtime import DRIVER_LOG as LOG_NAME
+from study.runtime import DRIVER_LOG
 from study.tracking import MlflowTracker
 from trainables.storage import Storage, WriteFailure, storage_failure
 from trainables.records import TrialRecord, TrialSpec
@@ -118,14 +119,18 @@ class Progress:
         print(f"[{time.time() - self.t0:6.0f}s] {regime} {len(self.finished.get(regime, ()))}/{self.totals.get(regime, 0)} "
               f"done, {running} running ...", file=self.out, flush=True)
 
-    def where(self, spec: TrialSpec) -> str:
-        return f"lr {spec.lr:.3g}" + (f" {spec.condition}" if spec.condition else "") + f" seed {spec.seed}"
+    @staticmethod
+    def where(spec: TrialSpec, seed: bool = False) -> str:
+        """The run in a progress line: its LR; with its condition and seed in the confirmation (or
+        with ``seed``)."""
+        return f"lr {spec.lr:.3g}" + (f"{' ' + spec.condition if spec.condition else ''} seed {spec.seed}"
+                                      if spec.condition or seed else "")
 
     def retry(self, spec: TrialSpec, attempt: int, attempts: int, line: str) -> None:
         """A failed attempt that Tune retries from the trial's last checkpoint: one line."""
         self.last_line = time.time()
-        print(f"[{time.time() - self.t0:6.0f}s] {spec.group} | {self.where(spec)}: attempt {attempt} of {attempts} "
-              f"failed, retrying: {line} (trace: {LOG_NAME})", file=self.out, flush=True)
+        print(f"[{time.time() - self.t0:6.0f}s] {spec.group} | {self.where(spec, seed=True)}: attempt {attempt} of {attempts} "
+              f"failed, retrying: {line} (trace: {DRIVER_LOG})", file=self.out, flush=True)
 
     def finish(self, record: TrialRecord, note: str = "") -> None:
         spec, regime = record.spec, record.spec.group
@@ -139,7 +144,7 @@ class Progress:
         running = len(self.started[regime] - self.finished[regime])
         pending = max(0, self.totals.get(regime, 0) - len(self.started[regime]))
         if not record.completed:
-            what = f"ERROR{' (' + note + ')' if note else ''}: {record.error or ''} (trace: {LOG_NAME})"
+            what = f"ERROR ({note}): {record.error} (trace: {DRIVER_LOG})" if note else f"ERROR: {record.error}"
         else:
             what = (f"val {record.val_acc:.4f} test {record.test_acc:.4f} "
                     f"sparsity {record.achieved_sparsity or 0:.3f}"
@@ -147,11 +152,9 @@ class Progress:
                     + (f" (trained before by {record.reused_from})" if record.reused_from else ""))
         best = ", ".join(f"{r} {v:.4f}@{lr:.3g}" for r, (v, lr) in self.best.items())
         self.last_line = time.time()
-        where = f"lr {spec.lr:.3g}"
-        if spec.condition:
-            where += f" {spec.condition} seed {spec.seed}"
-            if spec.prune_round != record.settings.get("rounds", spec.prune_round):
-                where += f" round {spec.prune_round}"
+        where = self.where(spec)
+        if spec.condition and spec.prune_round != record.settings.get("rounds", spec.prune_round):
+            where += f" round {spec.prune_round}"
         print(f"[{time.time() - self.t0:6.0f}s] {regime} {done}/{self.totals.get(regime, 0)} done, {running} running, "
               f"{pending} pending | {where}: {what}" + (f" | best val: {best}" if best else ""),
               file=self.out, flush=True)
@@ -215,11 +218,10 @@ class StudyCallback(tune.Callback):
         if running:
             self.progress.heartbeat(TrialSpec.from_config(running[0].config).group)
 
-    def finished_count(self, regime: str | None = None, phase: str = "search") -> int:
-        """Trials of ``regime`` (all, if None) and ``phase`` recorded so far, read from disk: after
+    def search_runs(self) -> Counter:
+        """Search runs recorded so far per regime, read from disk (once for every regime): after
         ``Tuner.restore`` the events go to Tune's own unpickled copy of this callback."""
-        return sum(1 for r in load_records(self.study_dir)
-                   if (regime is None or r.spec.regime == regime) and r.spec.phase == phase)
+        return Counter(r.spec.regime for r in load_records(self.study_dir) if r.spec.phase == "search")
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         """An MLflow run (and a place in the progress view) for each of the trial's seeds."""
@@ -249,11 +251,12 @@ class StudyCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.finish(trial.trial_id, TrialSpec.from_config(trial.config))
 
-    def finish(self, trial_id: str, spec: TrialSpec) -> None:
-        """Finalise the records the trial ``trial_id`` (asked ``spec``) left in the store: a Tune
-        trial, or a search suggestion answered from an identical trial's records."""
+    def finish(self, trial_id: str, spec: TrialSpec, records: list[TrialRecord] | None = None) -> None:
+        """Finalise the records the trial ``trial_id`` (asked ``spec``) left in the store (read
+        there, unless the caller that wrote them passes ``records``): a Tune trial, or a search
+        suggestion answered from an identical trial's records."""
         try:
-            records = self.store.read_trial(trial_id)
+            records = self.store.read_trial(trial_id) if records is None else records
         except DamagedRecord:
             return self.record_error(spec, trial_id, "its record file was damaged")
         if records is None:  # ended without a record: count it as an error, never silently
@@ -286,7 +289,7 @@ class StudyCallback(tune.Callback):
         wall = storage_failure(text)
         if wall is not None:
             raise WriteFailure(wall)
-        node = (getattr(trial, "last_result", None) or {}).get("node_ip")
+        node = trial.last_result.get("node_ip")  # where it last reported from
         group, line = TrialSpec.from_config(trial.config).group, failure_line(text, node)
         if lost_process(text):
             return line
@@ -303,8 +306,8 @@ class StudyCallback(tune.Callback):
     @staticmethod
     def _attempts(trial) -> tuple[int, int]:
         """(this attempt, attempts in all): Tune counts the failure before calling back."""
-        failures = getattr(getattr(trial, "run_metadata", None), "num_failures", 0) or 1
-        return failures, max(failures, int(getattr(trial, "max_failures", 0) or 0) + 1)
+        failures = trial.run_metadata.num_failures
+        return failures, max(failures, trial.max_failures + 1)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         line = self._note_failure(trial)  # a failure Tune retries from the last checkpoint

@@ -332,7 +332,7 @@ def _search_phase(cfg: StudyConfig, driver: _Driver, resume: bool) -> None:
     s = cfg.search
     runs = s.num_samples * s.search_seeds  # records: one per trial and seed
     cb = driver.callback(Progress({r: runs for r in cfg.regimes}))
-    done = {r: cb.finished_count(r) for r in cfg.regimes}
+    done = cb.search_runs()
     todo = [r for r in cfg.regimes if done[r] < runs]
     if not todo:
         print(f"--- search: all {s.num_samples} trials of every regime done before", flush=True)
@@ -345,7 +345,8 @@ def _search_phase(cfg: StudyConfig, driver: _Driver, resume: bool) -> None:
         cb.tables.flush()
         if cb.failure:
             raise DeterministicFailure(cb.failure)
-        if any(cb.finished_count(r) < runs for r in todo):  # Tune stops gracefully on Ctrl-C
+        after = cb.search_runs()
+        if any(after[r] < runs for r in todo):  # Tune stops gracefully on Ctrl-C
             raise KeyboardInterrupt
     for regime in cfg.regimes:
         # also when every trial was done before: the last may have finished while the driver was

@@ -178,11 +178,12 @@ class StudySearch(Searcher):
         now = time.time()
         # a copy of the source's records in the store, under this suggestion's id; then finalised as
         # any trial's
-        self.callback.store.write_trial(answer_id, [src.replace(
-            trial_id=rid, spec=one, reused_from=src.reused_from or src.trial_id, resumed_from_epoch=None,
-            started_at=now, finished_at=now, wall_seconds=0.0, mlflow_run_id=None, optuna_study=None,
-            study_hash=None, trial_hash=None) for rid, one, src in zip(spec.record_ids(answer_id), spec.per_seed(), trained)])
-        self.callback.finish(answer_id, spec)
+        copies = [src.replace(trial_id=rid, spec=one, reused_from=src.reused_from or src.trial_id,
+                              resumed_from_epoch=None, started_at=now, finished_at=now, wall_seconds=0.0,
+                              mlflow_run_id=None, optuna_study=None, study_hash=None, trial_hash=None)
+                  for rid, one, src in zip(spec.record_ids(answer_id), spec.per_seed(), trained)]
+        self.callback.store.write_trial(answer_id, copies)
+        self.callback.finish(answer_id, spec, copies)
 
     # -- Tune's experiment snapshots -----------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
